@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up everything calbatch needs on a Debian 12 machine, then build and install calbatch itself.
+# Idempotent: each step checks first and stays quiet when it is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+say() { echo "[setup] $*" >&2; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# 1. Debian packages: the DEM engine, PETSc and Open MPI.
+need_apt=()
+command -v liggghts >/dev/null || need_apt+=(liggghts)
+[ -f /usr/lib/petsc/include/petsc.h ] || need_apt+=(petsc-dev)
+command -v mpicc >/dev/null || need_apt+=(libopenmpi-dev)
+command -v mpirun >/dev/null || need_apt+=(openmpi-bin)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "apt-get install ${need_apt[*]} (a few minutes)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+pip_quiet() { "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
+
+# 2. Build tools and the Python scientific stack (wheels from PyPI).
+if ! "$PY" -c "import scikit_build_core, pybind11, numpy" 2>/dev/null; then
+  say "pip install build tools"
+  pip_quiet scikit-build-core pybind11 numpy
+fi
+if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, h5py, tifffile, yaml, pydantic, matplotlib, tqdm, pytest" 2>/dev/null; then
+  say "pip install the scientific stack (tensorflow-cpu, onnxruntime, ...; a few minutes)"
+  pip_quiet "tensorflow-cpu>=2.16" "tf2onnx>=1.16" onnx onnxruntime h5py tifffile pyyaml pydantic matplotlib tqdm pytest
+fi
+
+# 3. mpi4py and petsc4py compiled against Debian's Open MPI and PETSc 3.18 (about 4 minutes).
+if ! "$PY" -c "import mpi4py, petsc4py" 2>/dev/null; then
+  say "building mpi4py and petsc4py 3.18 against Debian's PETSc (about 4 minutes)"
+  pip_quiet cython
+  PETSC_DIR=/usr/lib/petsc pip_quiet --no-build-isolation mpi4py "petsc4py==3.18.5"
+fi
+
+# 4. calbatch itself, editable, with its C++ core (rebuilt when the sources changed).
+stamp=build/.installed-sources
+sources=$(cat pyproject.toml CMakeLists.txt $(find cpp -type f | sort) | sha1sum | cut -c1-40)
+if ! "$PY" -c "import calbatch._core" 2>/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$sources" ]; then
+  say "building calbatch and its C++ core"
+  pip_quiet --no-build-isolation --no-deps -e .
+  mkdir -p build && echo "$sources" > "$stamp"
+fi
