@@ -69,11 +69,7 @@ def read_volume(spec: str | os.PathLike) -> np.ndarray:
         if suffix == ".npy":
             data = np.load(path, allow_pickle=False)
         elif suffix in _TIFF:
-            import tifffile
-
-            data = tifffile.imread(path)
-            if data.ndim == 2:  # a single page is a one-slice stack
-                data = data[np.newaxis]
+            data = _read_tiff(path)
         elif suffix in _H5:
             data = _read_h5(path, inner)
         else:
@@ -83,6 +79,33 @@ def read_volume(spec: str | os.PathLike) -> np.ndarray:
     except Exception as exc:  # corrupt or truncated files surface here from numpy/tifffile/h5py
         raise CalbatchError(f"{spec}: cannot read volume ({type(exc).__name__}: {_first_line(exc)})") from None
     return validate(data, spec)
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    import logging
+
+    import tifffile
+
+    # tifffile logs (rather than raises) on a truncated page chain and returns fewer slices:
+    # treat any such complaint as a corrupt file instead of silently losing slices.
+    complaints: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            complaints.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        data = tifffile.imread(path)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if complaints:
+        raise CalbatchError(f"{path}: cannot read volume (truncated or corrupt TIFF: {complaints[0]})")
+    return data[np.newaxis] if data.ndim == 2 else data  # a single page is a one-slice stack
 
 
 def _read_h5(path: str, inner: str | None) -> np.ndarray:

@@ -1,0 +1,55 @@
+"""C++ core against plain numpy on a 76 x 76 x 125 electrode, side by side in one run.
+
+    python3 benchmarks/bench_kernels.py [VOLUME]
+
+Times are the best of several repeats; the ratio is numpy time / C++ time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from calbatch import _core, _reference, read_volume
+from calbatch.data import example_volume_path
+from calbatch.voxelize import voxelize_spheres
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    spec = sys.argv[1] if len(sys.argv) > 1 else example_volume_path()
+    volume = read_volume(spec)
+    other = np.roll(volume, 3, axis=2)
+    rng = np.random.default_rng(0)
+    n = 200
+    centers = np.column_stack([rng.uniform(0, 30.4, n), rng.uniform(0, 30.4, n), rng.uniform(0, 48, n)])
+    radii, phases = rng.uniform(0.6, 5.0, n), rng.choice(np.array([1, 2], np.uint8), n)
+    vox = (centers, radii, phases, (30.4, 30.4), volume.shape, 0.4)
+
+    rows = [
+        ("contact areas + fractions + thickness", lambda: _core.census(volume, True),
+         lambda: _reference.census(volume, True), 50, 5),
+        ("MSE / MAE / R2 sums", lambda: _core.error_sums(volume, other),
+         lambda: _reference.error_sums(volume, other), 50, 5),
+        (f"voxelize {n} spheres", lambda: voxelize_spheres(*vox),
+         lambda: _reference.voxelize_spheres(*vox), 10, 1),
+    ]
+    print(f"volume {spec}: {volume.shape} (z, y, x), {_core.max_threads()} OpenMP threads")
+    print(f"{'kernel':<40}{'C++ ms':>10}{'numpy ms':>12}{'ratio':>9}")
+    for name, fast, slow, fast_repeats, slow_repeats in rows:
+        t_cpp, t_np = best_time(fast, fast_repeats), best_time(slow, slow_repeats)
+        print(f"{name:<40}{t_cpp * 1e3:>10.2f}{t_np * 1e3:>12.1f}{t_np / t_cpp:>8.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Plain-numpy versions of the C++ kernels: the reference the tests and the kernel benchmark hold
+the core to. Not used by calbatch itself (they are 10-100x slower)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def census(volume: np.ndarray, periodic_xy: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """(histogram[256], faces[8, 8] symmetric, top solid slice or -1), like ``_core.census``."""
+    histogram = np.bincount(volume.ravel(), minlength=256)
+    faces = np.zeros((8, 8), dtype=np.int64)
+    for axis in range(3):  # axis 0 = z (never periodic), 1 = y, 2 = x
+        if axis == 0 or not periodic_xy:
+            a = np.take(volume, np.arange(volume.shape[axis] - 1), axis=axis)
+            b = np.take(volume, np.arange(1, volume.shape[axis]), axis=axis)
+        else:
+            a, b = volume, np.roll(volume, -1, axis=axis)
+        differ = a != b
+        pair = a[differ].astype(np.int64) * 8 + b[differ]
+        faces += np.bincount(pair, minlength=64).reshape(8, 8)
+    faces = faces + faces.T
+    solid = np.flatnonzero(((volume == 1) | (volume == 2)).any(axis=(1, 2)))
+    return histogram, faces, int(solid[-1]) if solid.size else -1
+
+
+def error_sums(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, int, int]:
+    g = truth.astype(np.int64).ravel()
+    d = g - pred.astype(np.int64).ravel()
+    return g.size, int((d * d).sum()), int(np.abs(d).sum()), int(g.sum()), int((g * g).sum())
+
+
+def voxelize_spheres(centers, radii, phases, box_xy, shape_zyx, voxel_size, z0=0.0) -> np.ndarray:
+    """Brute force over spheres and their 9 periodic images; same rules as ``_core.voxelize_spheres``."""
+    nz, ny, nx = shape_zyx
+    z = z0 + (np.arange(nz) + 0.5) * voxel_size
+    y = (np.arange(ny) + 0.5) * voxel_size
+    x = (np.arange(nx) + 0.5) * voxel_size
+    out = np.full(shape_zyx, 255, dtype=np.uint8)
+    for (cx, cy, cz), r, ph in zip(centers, radii, phases):
+        for sx in (-box_xy[0], 0.0, box_xy[0]):
+            for sy in (-box_xy[1], 0.0, box_xy[1]):
+                d2 = (z[:, None, None] - cz) ** 2 + (y[None, :, None] - cy - sy) ** 2 + (x[None, None, :] - cx - sx) ** 2
+                covered = d2 <= r * r
+                out[covered] = np.where(out[covered] == 255, ph, np.maximum(out[covered], ph))
+    solid = np.flatnonzero(((out == 1) | (out == 2)).any(axis=(1, 2)))
+    top = solid[-1] if solid.size else -1
+    uncovered = out == 255
+    below = (np.arange(nz) <= top)[:, None, None]
+    out[uncovered & below] = 0
+    out[uncovered & ~below] = 4
+    return out

@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+# Open MPI refuses to start as root (CI runs as root) unless told it may.
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m calbatch ARGS`` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "calbatch", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A clean user error: non-zero exit, one stderr line naming the fragments, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def random_volume(shape=(24, 16, 16), seed=0, void_top=4) -> np.ndarray:
+    """A random electrode-like volume: codes 0/1/2 below, void in the top ``void_top`` slices."""
+    rng = np.random.default_rng(seed)
+    vol = rng.choice(np.array([0, 1, 2], dtype=np.uint8), size=shape, p=[0.4, 0.1, 0.5])
+    if void_top:
+        vol[-void_top:] = 4
+    return vol
+
+
+@pytest.fixture
+def volume() -> np.ndarray:
+    return random_volume()

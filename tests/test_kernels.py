@@ -1,0 +1,115 @@
+"""The C++ kernels against plain numpy and against cases with a known answer."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import random_volume
+
+from calbatch import _core, _reference
+from calbatch.metrics import compare, measure
+from calbatch.voxelize import voxelize_spheres
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("periodic", [True, False])
+def test_census_matches_numpy(seed, periodic):
+    vol = random_volume(shape=(24, 17, 19), seed=seed)
+    hist, faces, top = _core.census(vol, periodic)
+    ref_hist, ref_faces, ref_top = _reference.census(vol, periodic)
+    np.testing.assert_array_equal(hist, ref_hist)
+    np.testing.assert_array_equal(faces, ref_faces)
+    assert top == ref_top == 19
+
+
+def test_cube_in_box_has_600_contact_faces():
+    vol = np.zeros((20, 20, 20), dtype=np.uint8)
+    vol[5:15, 5:15, 5:15] = 2
+    result = measure(vol, voxel_size=0.5)
+    assert result["contact_area_voxel2"]["pore-AM"] == 600
+    assert result["contact_area_um2"]["pore-AM"] == pytest.approx(150.0)
+    assert result["counts"]["AM"] == 1000
+    assert result["porosity"] == pytest.approx(1 - 1000 / 8000)
+    assert result["thickness_voxels"] == 15
+
+
+def test_periodic_wrap_counts_faces_across_x_and_y():
+    # A slab of AM filling x in [0, 4) of a 10-wide box: periodic, it has two x-faces per row
+    # (one at x=4, one across the wrap at x=0|9); without wrap only one.
+    vol = np.zeros((3, 6, 10), dtype=np.uint8)
+    vol[:, :, 0:4] = 2
+    rows = 3 * 6
+    assert _core.census(vol, True)[1][0, 2] == 2 * rows
+    assert _core.census(vol, False)[1][0, 2] == rows
+    # Same along y.
+    vol_y = np.ascontiguousarray(vol.transpose(0, 2, 1))
+    assert _core.census(vol_y, True)[1][0, 2] == 2 * rows
+    # z never wraps: AM in the bottom slice only touches pore above it.
+    vol_z = np.zeros((5, 4, 4), dtype=np.uint8)
+    vol_z[0] = 2
+    assert _core.census(vol_z, True)[1][0, 2] == 16
+
+
+def test_thickness_and_porosity_ignore_void():
+    vol = np.full((10, 4, 4), 4, dtype=np.uint8)
+    vol[:6] = 0
+    vol[:3] = 2
+    vol[5, 0, 0] = 1
+    result = measure(vol)
+    assert result["thickness_voxels"] == 6
+    assert result["thickness_um"] == pytest.approx(2.4)
+    assert result["porosity"] == pytest.approx((3 * 16 - 1) / (6 * 16))
+    assert result["fractions"]["void"] == pytest.approx(64 / 160)
+    assert measure(np.zeros((3, 3, 3), np.uint8))["thickness_voxels"] == 0
+
+
+def test_error_metrics_match_numpy():
+    truth, pred = random_volume(seed=3), random_volume(seed=4)
+    n, sse, sae, s1, s2 = _core.error_sums(truth, pred)
+    assert (n, sse, sae, s1, s2) == _reference.error_sums(truth, pred)
+    g, p = truth.astype(float), pred.astype(float)
+    result = compare(truth, pred)
+    assert result["mse"] == pytest.approx(np.mean((g - p) ** 2))
+    assert result["mae"] == pytest.approx(np.mean(np.abs(g - p)))
+    assert result["r2"] == pytest.approx(1 - ((g - p) ** 2).sum() / ((g - g.mean()) ** 2).sum())
+
+
+def test_r2_of_a_volume_with_itself_is_one():
+    vol = random_volume(seed=5)
+    assert compare(vol, vol) == {"mse": 0.0, "mae": 0.0, "r2": 1.0}
+
+
+def _random_spheres(seed, n=40, box=(6.0, 5.2), height=6.0):
+    rng = np.random.default_rng(seed)
+    radii = rng.uniform(0.3, 1.4, n)
+    centers = np.column_stack([rng.uniform(0, box[0], n), rng.uniform(0, box[1], n), rng.uniform(0, height, n)])
+    phases = rng.choice(np.array([1, 2], np.uint8), n)
+    return centers, radii, phases
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_voxelize_matches_numpy(seed):
+    centers, radii, phases = _random_spheres(seed)
+    args = (centers, radii, phases, (6.0, 5.2), (20, 13, 15), 0.4)
+    np.testing.assert_array_equal(voxelize_spheres(*args), _reference.voxelize_spheres(*args))
+
+
+def test_voxelize_am_wins_over_cbd_and_wraps_periodically():
+    # Two overlapping spheres at the x boundary: the AM one must win, and both reach across x = 0.
+    centers = np.array([[0.1, 2.0, 2.1], [0.5, 2.0, 2.1]])
+    vol = voxelize_spheres(centers, [1.0, 1.0], [2, 1], (4.0, 4.0), (10, 10, 10), 0.4)
+    assert vol[5, 5, 0] == 2  # both cover this voxel; AM wins
+    assert vol[5, 5, 9] == 2  # the AM sphere's image across the periodic x boundary
+    assert vol[5, 5, 3] == 1  # only the CBD sphere reaches here
+    # The top solid slice is z = 7 (centre 3.0 um <= 2.1 + 1.0): void above it, none at or below.
+    assert (vol[8:] == 4).all() and (vol[:8] != 4).all()
+
+
+def test_sphere_voxel_volume_converges():
+    r, errors = 2.0, []
+    for v in (0.4, 0.2, 0.1):
+        n = int(round(6.0 / v))
+        vol = voxelize_spheres([[3.0, 3.0, 3.0]], [r], [2], (6.0, 6.0), (n, n, n), v)
+        errors.append(abs((vol == 2).sum() * v**3 / (4 / 3 * math.pi * r**3) - 1))
+    assert errors[-1] < 0.005
+    assert errors[0] > errors[-1]
