@@ -1,0 +1,20 @@
+"""Type stubs of calbatch's C++ core (cpp/src/core.cpp)."""
+
+import numpy as np
+import numpy.typing as npt
+
+def census(
+    volume: npt.NDArray[np.uint8], periodic_xy: bool = True
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]: ...
+def error_sums(truth: npt.NDArray[np.uint8], pred: npt.NDArray[np.uint8]) -> tuple[int, int, int, int, int]: ...
+def voxelize_spheres(
+    centers: npt.NDArray[np.float64],
+    radii: npt.NDArray[np.float64],
+    phases: npt.NDArray[np.uint8],
+    lx: float,
+    ly: float,
+    z0: float,
+    voxel_size: float,
+    shape: tuple[int, int, int],
+) -> tuple[npt.NDArray[np.uint8], int]: ...
+def max_threads() -> int: ...
