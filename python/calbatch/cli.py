@@ -17,7 +17,7 @@ from . import __version__
 from .errors import CalbatchError
 
 # Modules that register subcommands of their own, in the order --help lists them.
-STAGE_MODULES: tuple[str, ...] = ()
+STAGE_MODULES: tuple[str, ...] = ("dem", "transport")
 
 
 class _Parser(argparse.ArgumentParser):
