@@ -413,7 +413,7 @@ class FickSolver:
             if state["mismatch"] <= self.tolerance and rnorm <= self.tolerance * state["r0"]:
                 return PETSc.KSP.ConvergedReason.CONVERGED_RTOL
             if its >= self.max_iterations:
-                return PETSc.KSP.ConvergedReason.DIVERGED_ITS
+                return PETSc.KSP.ConvergedReason.DIVERGED_MAX_IT
             return PETSc.KSP.ConvergedReason.ITERATING
 
         ksp.setConvergenceTest(converged_test)
