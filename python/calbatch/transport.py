@@ -187,7 +187,7 @@ def _petsc():
     import petsc4py
 
     if not petsc4py.__dict__.get("_calbatch_initialised"):
-        petsc4py.init(["calbatch"])
+        petsc4py.init(["calbatch", "-no_signal_handler"])  # a closed pipe should not print a PETSc crash
         petsc4py._calbatch_initialised = True
     from petsc4py import PETSc
 
@@ -261,16 +261,16 @@ class FickSolver:
             raise CalbatchError(f"{source}: no pore voxels in the electrode (phase 0), nothing to diffuse through")
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _diffusivity(self) -> np.ndarray:
-        """Relative diffusivity of every voxel of the solved region, 0 where it is not an unknown."""
+    def _unknowns(self) -> np.ndarray:
+        """Mask of the solved region's voxels that are unknowns: conducting and percolating."""
+        return percolating_mask(self._diffusivity(self.volume[: self.thickness]) > 0)
+
+    def _diffusivity(self, phases: np.ndarray) -> np.ndarray:
         lookup = np.zeros(256)
         lookup[[PORE, VOID]] = 1.0
         lookup[CBD] = self.cbd_diffusivity
         lookup[AM] = 0.0
-        region = self.volume[: self.thickness]
-        diffusivity = lookup[region]
-        diffusivity[~percolating_mask(diffusivity > 0)] = 0.0
-        return diffusivity
+        return lookup[phases]
 
     def _slab(self, unknowns_per_slice: np.ndarray) -> tuple[int, int]:
         """This rank's z-range: whole slices, cut where the cumulative unknown count crosses k/size."""
@@ -280,18 +280,17 @@ class FickSolver:
         cuts[0], cuts[-1] = 0, len(unknowns_per_slice)
         return int(cuts[rank]), int(cuts[rank + 1])
 
-    def _assemble(self, PETSc, diffusivity: np.ndarray):
+    def _assemble(self, PETSc, active: np.ndarray):
         """This rank's rows of the SPD system A c = b as a distributed AIJ matrix and vectors."""
-        nz, ny, nx = diffusivity.shape
+        nz, ny, nx = active.shape
         plane = ny * nx
-        active = diffusivity > 0
         per_slice = np.count_nonzero(active.reshape(nz, plane), axis=1)
         offsets = np.concatenate([[0], np.cumsum(per_slice)])
         z0, z1 = self._slab(per_slice)
 
         # Global unknown number of every voxel of the slab and one halo slice each side (-1: none).
         lo, hi = max(z0 - 1, 0), min(z1 + 1, nz)
-        flat_d = diffusivity[lo:hi].reshape(-1)
+        flat_d = (self._diffusivity(self.volume[lo:hi]) * active[lo:hi]).reshape(-1)
         number = np.full(flat_d.size, -1, dtype=PETSc.IntType)
         number[flat_d > 0] = np.arange(offsets[lo], offsets[hi], dtype=PETSc.IntType)
 
@@ -375,8 +374,8 @@ class FickSolver:
         start = time.perf_counter()
         region = self.volume[: self.thickness]
         porosity = float(np.count_nonzero((region == PORE) | (region == VOID)) / region.size)
-        diffusivity = self._diffusivity()
-        nz, ny, nx = diffusivity.shape
+        active = self._unknowns()
+        nz, ny, nx = active.shape
         base = dict(
             porosity=porosity,
             thickness_voxels=nz,
@@ -386,14 +385,14 @@ class FickSolver:
             ksp_type=self.options.get("ksp_type", ""),
             pc_type=self.options.get("pc_type", ""),
         )
-        if not diffusivity.any():
+        if not active.any():
             return TransportResult(
                 d_eff_rel=0.0, tau=math.inf, percolating=False, converged=True, inlet_flux=0.0, outlet_flux=0.0,
                 flux_mismatch=0.0, iterations=0, residual=0.0, unknowns=0, solve_time_s=0.0,
                 wall_time_s=time.perf_counter() - start, **base,
             )  # fmt: skip
 
-        matrix, b, x, faces = self._assemble(PETSc, diffusivity)
+        matrix, b, x, faces = self._assemble(PETSc, active)
         ksp = self._make_ksp(PETSc, matrix)
         base.update(ksp_type=ksp.getType(), pc_type=ksp.getPC().getType())
 
@@ -437,7 +436,7 @@ class FickSolver:
         return TransportResult(
             d_eff_rel=d_eff, tau=porosity / d_eff, percolating=True, converged=converged, inlet_flux=inlet,
             outlet_flux=outlet, flux_mismatch=abs(inlet - outlet) / (0.5 * (inlet + outlet)),
-            iterations=iterations, residual=residual, unknowns=int(np.count_nonzero(diffusivity)),
+            iterations=iterations, residual=residual, unknowns=int(np.count_nonzero(active)),
             solve_time_s=solve_time, wall_time_s=time.perf_counter() - start, **base,
         )  # fmt: skip
 
