@@ -40,8 +40,9 @@ def run(args: list[str], ranks: int | None = None) -> subprocess.CompletedProces
 
 
 # -- analytic cases ---------------------------------------------------------------------------
-def test_open_block_has_tau_one():
-    result = tortuosity(np.zeros(SHAPE, np.uint8), tolerance=TIGHT)
+@pytest.mark.parametrize("shape", [SHAPE, (10, 2, 1)], ids=["block", "thin"])
+def test_open_block_has_tau_one(shape):
+    result = tortuosity(np.zeros(shape, np.uint8), tolerance=TIGHT)
     assert result.converged and result.percolating
     assert result.porosity == 1.0
     assert result.d_eff_rel == pytest.approx(1.0, rel=1e-9)

@@ -307,7 +307,8 @@ class FickSolver:
         block = max(1, (1 << 21) // plane)  # about 2 M voxels of temporaries at a time
         for za in range(z0, z1, block):
             rows, columns, values, at_bottom, at_top = self._stencil_rows(active, offsets, za, min(za + block, z1))
-            matrix.setValuesRCV(rows[:, None], columns, values)
+            # Adding: with 1 or 2 voxels across, periodic neighbours repeat (or are the voxel itself).
+            matrix.setValuesRCV(rows[:, None], columns, values, addv=PETSc.InsertMode.ADD_VALUES)
             faces.append((rows[at_bottom > 0], rows[at_top > 0], at_bottom[at_bottom > 0], at_top[at_top > 0]))
         matrix.assemble()
 
@@ -324,37 +325,32 @@ class FickSolver:
         """Matrix rows of the unknowns in slices [z0, z1): global row numbers, (n, 7) columns
         (-1 where there is no entry, which PETSc skips), (n, 7) values, and the Dirichlet
         conductances to the bottom and top faces."""
-        nz, ny, nx = active.shape
-        plane = ny * nx
-        lo, hi = max(z0 - 1, 0), min(z1 + 1, nz)  # one halo slice each side
-        flat_d = (self._diffusivity(self.volume[lo:hi]) * active[lo:hi]).reshape(-1)
-        number = np.full(flat_d.size, -1, dtype=np.int32 if offsets[-1] < 2**31 else np.int64)
-        number[flat_d > 0] = np.arange(offsets[lo], offsets[hi])
+        nz = active.shape[0]
+        lo, hi = max(z0 - 1, 0), min(z1 + 1, nz)
+        # The block with one halo slice each side; outside the region the halo stays empty.
+        d = np.zeros((z1 - z0 + 2,) + active.shape[1:])
+        d[lo - z0 + 1 : hi - z0 + 1] = self._diffusivity(self.volume[lo:hi]) * active[lo:hi]
+        number = np.full(d.shape, -1, dtype=np.int32 if offsets[-1] < 2**31 else np.int64)
+        number[d > 0] = np.arange(offsets[lo], offsets[hi])
 
-        # Owned unknowns as flat positions in the halo'd block, and their six neighbours' positions.
-        own = np.flatnonzero(flat_d[(z0 - lo) * plane : (z1 - lo) * plane] > 0) + (z0 - lo) * plane
-        z, y, x = own // plane + lo, (own // nx) % ny, own % nx
-        d_own = flat_d[own]
-        has_below, has_above = z > 0, z < nz - 1
-        neighbours = [
-            own + np.where(x + 1 < nx, 1, 1 - nx), own - np.where(x > 0, 1, 1 - nx),  # periodic x
-            own + np.where(y + 1 < ny, nx, nx - plane), own - np.where(y > 0, nx, nx - plane),  # periodic y
-            np.where(has_below, own - plane, own), np.where(has_above, own + plane, own),
-        ]
+        own = d[1:-1] > 0
+        d_own = d[1:-1][own]
+        z_own = np.repeat(np.arange(z0, z1), np.count_nonzero(own.reshape(z1 - z0, -1), axis=1))
         # Dirichlet faces half a voxel outside the first and last slice: conductance D / (1/2).
-        at_bottom, at_top = 2.0 * d_own * ~has_below, 2.0 * d_own * ~has_above
-        columns = np.empty((own.size, 7), dtype=number.dtype)
-        values = np.empty((own.size, 7))
-        columns[:, 0] = number[own]
+        at_bottom, at_top = 2.0 * d_own * (z_own == 0), 2.0 * d_own * (z_own == nz - 1)
+        columns = np.empty((d_own.size, 7), dtype=number.dtype)
+        values = np.empty((d_own.size, 7))
+        columns[:, 0] = number[1:-1][own]
         values[:, 0] = at_bottom + at_top
-        for k, position in enumerate(neighbours, start=1):
-            d_nb = flat_d[position]
-            if k >= 5:  # no z neighbour beyond the region
-                d_nb *= has_below if k == 5 else has_above
+        neighbour_views = [(d[:-2], number[:-2]), (d[2:], number[2:])]  # below, above
+        for axis, shift in ((1, 1), (1, -1), (2, 1), (2, -1)):  # periodic y and x
+            neighbour_views.append((np.roll(d[1:-1], shift, axis), np.roll(number[1:-1], shift, axis)))
+        for k, (d_grid, number_grid) in enumerate(neighbour_views, start=1):
+            d_nb = d_grid[own]
             conductance = 2.0 * d_own * d_nb / (d_own + d_nb)  # harmonic mean; 0 to a dead voxel
             values[:, 0] += conductance
             values[:, k] = -conductance
-            columns[:, k] = np.where(conductance > 0, number[position], -1)
+            columns[:, k] = number_grid[own]  # -1 where the neighbour is no unknown
         return columns[:, 0], columns, values, at_bottom, at_top
 
     def _make_ksp(self, PETSc, matrix):
