@@ -248,8 +248,8 @@ class FickSolver:
         self.cbd_diffusivity = float(cbd_diffusivity)
         self.tolerance = float(tolerance)
         self.max_iterations = int(max_iterations)
-        self.options = {**DEFAULT_PETSC_OPTIONS, **parse_petsc_options(petsc_options)}
         self.user_options = parse_petsc_options(petsc_options)
+        self.options = {**DEFAULT_PETSC_OPTIONS, **self.user_options}
         if comm is None:
             from mpi4py import MPI
 
@@ -357,6 +357,7 @@ class FickSolver:
         ksp = PETSc.KSP().create(comm=matrix.getComm())
         ksp.setOperators(matrix)
         ksp.setOptionsPrefix(OPTIONS_PREFIX)
+        ksp.setTolerances(max_it=self.max_iterations)  # before the options, so -ksp_max_it wins
         opts = PETSc.Options()
         for name, value in self.options.items():
             opts.setValue(OPTIONS_PREFIX + name, value)
@@ -428,14 +429,16 @@ class FickSolver:
             mismatch = abs(inlet - outlet) / max(0.5 * (inlet + outlet), np.finfo(float).tiny)
             if mismatch <= self.tolerance and rnorm <= self.tolerance * residual_scale:
                 return PETSc.KSP.ConvergedReason.CONVERGED_RTOL
-            if its >= self.max_iterations:
+            if its >= ksp.max_it:
                 return PETSc.KSP.ConvergedReason.DIVERGED_MAX_IT
             return PETSc.KSP.ConvergedReason.ITERATING
 
         ksp.setConvergenceTest(converged_test)
-        ksp.setTolerances(max_it=self.max_iterations)
         solve_start = time.perf_counter()
-        ksp.solve(b, x)
+        try:
+            ksp.solve(b, x)
+        except PETSc.Error as exc:
+            raise CalbatchError(f"--petsc-options: the solve failed with {self._options_text()} (PETSc error code {exc.ierr})") from None
         solve_time = time.perf_counter() - solve_start
         converged, iterations = ksp.getConvergedReason() > 0, ksp.getIterationNumber()
         inlet, outlet = fluxes(x.getArray(readonly=True))
@@ -529,16 +532,16 @@ def add_cli(subparsers) -> None:
     p.add_argument("volume", help="VOLUME: .npy, .tif/.tiff stack or file.h5:/dataset")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
-        "--cbd-diffusivity", type=float, default=DEFAULT_CBD_DIFFUSIVITY,
+        "--cbd-diffusivity", type=float, default=DEFAULT_CBD_DIFFUSIVITY, metavar="D",
         help=f"CBD diffusivity relative to the bulk electrolyte (default {DEFAULT_CBD_DIFFUSIVITY:.3f}; 0 = insulating)",
     )  # fmt: skip
     p.add_argument(
-        "--tolerance", type=float, default=DEFAULT_TOLERANCE,
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
         help=f"converged when |inlet - outlet| / mean flux is below this (default {DEFAULT_TOLERANCE:g})",
     )  # fmt: skip
     p.add_argument(
         "--petsc-options", default=None, metavar="'-OPT VALUE ...'",
-        help="PETSc options overriding the defaults (-ksp_type cg -pc_type gamg), e.g. "
-        "--petsc-options='-pc_type hypre'",
+        help="PETSc options overriding the defaults (CG + hypre BoomerAMG), e.g. "
+        "--petsc-options='-pc_type gamg -ksp_monitor'",
     )  # fmt: skip
     p.set_defaults(run=_cli)
