@@ -263,7 +263,10 @@ class FickSolver:
     # -- set-up ---------------------------------------------------------------------------------
     def _unknowns(self) -> np.ndarray:
         """Mask of the solved region's voxels that are unknowns: conducting and percolating."""
-        return percolating_mask(self._diffusivity(self.volume[: self.thickness]) > 0)
+        conducting = np.zeros(256, dtype=bool)
+        conducting[[PORE, VOID]] = True
+        conducting[CBD] = self.cbd_diffusivity > 0
+        return percolating_mask(conducting[self.volume[: self.thickness]])
 
     def _diffusivity(self, phases: np.ndarray) -> np.ndarray:
         lookup = np.zeros(256)
@@ -445,12 +448,12 @@ class FickSolver:
 
         # D_eff from the dissipation sum_faces g (dc)^2 = x'Ax - 2b'x + sum(b) = total flux at the
         # solution: its error is quadratic in the solution error (the flux sums' is linear).
-        r = b.duplicate()
+        r = current  # reused as the residual
         matrix.mult(x, r)
         dissipation = r.dot(x) - 2.0 * b.dot(x) + b.sum()
         r.aypx(-1.0, b)
         residual = r.norm() / b.norm()
-        for obj in (ksp, matrix, b, x, r, current):
+        for obj in (ksp, matrix, b, x, r):
             obj.destroy()
         d_eff = dissipation * nz / (ny * nx)
         return TransportResult(
