@@ -152,6 +152,13 @@ def percolating_mask(conducting: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
+def relative_mismatch(inlet: float, outlet: float) -> float:
+    """|inlet - outlet| / mean flux; inf while the mean is not positive (early iterates)."""
+    mean = 0.5 * (inlet + outlet)
+    with np.errstate(over="ignore"):
+        return float(abs(inlet - outlet) / mean) if mean > 0 else math.inf
+
+
 def parse_petsc_options(options: str | Sequence[str] | dict | None) -> dict[str, str]:
     """``'-pc_type gamg -ksp_monitor'`` (or a list of tokens, or a dict) -> ``{name: value}``."""
     if options is None:
@@ -208,6 +215,10 @@ def _option_used(name: str) -> bool:
 
 
 _LIBPETSC = None
+
+
+def _petsc_error(exc) -> str:
+    return "out of memory" if exc.ierr == 55 else f"PETSc error code {exc.ierr}"  # 55: PETSC_ERR_MEM
 
 
 @dataclass
@@ -369,7 +380,7 @@ class FickSolver:
             ksp.setInitialGuessNonzero(True)
             ksp.setUp()
         except PETSc.Error as exc:
-            raise CalbatchError(f"--petsc-options: PETSc rejected {self._options_text()} (error code {exc.ierr})") from None
+            raise CalbatchError(f"--petsc-options: PETSc could not set up the solver with {self._options_text()} ({_petsc_error(exc)})") from None
         finally:
             unused = [name for name in self.user_options if not _option_used(OPTIONS_PREFIX + name)]
             for name in self.options:
@@ -429,7 +440,7 @@ class FickSolver:
 
         def converged_test(ksp, its, rnorm):
             inlet, outlet = fluxes(ksp.buildSolution(current).getArray(readonly=True))
-            mismatch = abs(inlet - outlet) / max(0.5 * (inlet + outlet), np.finfo(float).tiny)
+            mismatch = relative_mismatch(inlet, outlet)
             if mismatch <= self.tolerance and rnorm <= self.tolerance * residual_scale:
                 return PETSc.KSP.ConvergedReason.CONVERGED_RTOL
             if its >= ksp.max_it:
@@ -441,7 +452,7 @@ class FickSolver:
         try:
             ksp.solve(b, x)
         except PETSc.Error as exc:
-            raise CalbatchError(f"--petsc-options: the solve failed with {self._options_text()} (PETSc error code {exc.ierr})") from None
+            raise CalbatchError(f"--petsc-options: the solve failed with {self._options_text()} ({_petsc_error(exc)})") from None
         solve_time = time.perf_counter() - solve_start
         converged, iterations = ksp.getConvergedReason() > 0, ksp.getIterationNumber()
         inlet, outlet = fluxes(x.getArray(readonly=True))
@@ -458,7 +469,7 @@ class FickSolver:
         d_eff = dissipation * nz / (ny * nx)
         return TransportResult(
             d_eff_rel=d_eff, tau=porosity / d_eff, percolating=True, converged=converged, inlet_flux=inlet,
-            outlet_flux=outlet, flux_mismatch=abs(inlet - outlet) / (0.5 * (inlet + outlet)),
+            outlet_flux=outlet, flux_mismatch=relative_mismatch(inlet, outlet),
             iterations=iterations, residual=residual, unknowns=int(np.count_nonzero(active)),
             solve_time_s=solve_time, wall_time_s=time.perf_counter() - start, **base,
         )  # fmt: skip
