@@ -22,9 +22,9 @@ Method
 - PETSc (petsc4py) distributed AIJ matrix; each rank owns a slab of whole z-slices holding a near
   equal share of the unknowns, and builds its rows with numpy (no per-voxel Python loop). The
   connectivity labelling is done on every rank over the whole volume (memory O(volume) per rank).
-- CG with hypre BoomerAMG by default (chosen by measurement, see docs/transport.md); any PETSc option may be
-  given (``petsc_options``), and an option that the solve never reads is an error, so a typo does
-  not pass silently.
+- CG with hypre BoomerAMG by default (chosen by measurement, see docs/transport.md); any PETSc
+  option may be given (``petsc_options``), and an option that the solve never reads is an error,
+  so a typo does not pass silently.
 - Converged means the relative mismatch of inlet and outlet flux is at most ``tolerance`` and the
   CG residual has dropped by the same factor, checked at every iteration; a solve that stops
   short (iteration limit, breakdown) says so with ``converged = False``.
@@ -208,7 +208,8 @@ def _option_used(name: str) -> bool:
 
     global _LIBPETSC
     if _LIBPETSC is None:
-        _LIBPETSC = ctypes.CDLL(ctypes.util.find_library("petsc_real") or "libpetsc_real.so")
+        found = ctypes.util.find_library("petsc_real") or ctypes.util.find_library("petsc")  # Debian: _real
+        _LIBPETSC = ctypes.CDLL(found or "libpetsc.so")
     used = ctypes.c_int(0)
     _LIBPETSC.PetscOptionsUsed(None, name.encode(), ctypes.byref(used))  # stored without "-"
     return bool(used.value)
@@ -237,7 +238,7 @@ class FickSolver:
     ``volume``: uint8 ``[z, y, x]`` phase codes; ``comm``: an mpi4py communicator (default
     COMM_WORLD) over which the solve is distributed, every rank passing the same volume;
     ``tolerance``: the relative inlet/outlet flux mismatch that counts as converged;
-    ``petsc_options``: PETSc options overriding the defaults, e.g. ``'-pc_type hypre'``.
+    ``petsc_options``: PETSc options overriding the defaults, e.g. ``'-pc_type gamg'``.
     """
 
     def __init__(
