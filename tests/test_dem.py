@@ -1,5 +1,5 @@
-"""The DEM stage on tiny systems, with real LIGGGHTS runs: a 10 x 10 um box of ~60 particles at a
-third of the real size, on a coarse 0.25 um grid."""
+"""The DEM stage on tiny systems, with real LIGGGHTS runs: a 6 x 6 um box of 40 AM particles at 0.3
+of the real size (plus their CBD), on a coarse 0.2 um grid."""
 
 import json
 import os
@@ -14,7 +14,8 @@ from conftest import assert_one_line_error, run_cli
 from calbatch import dem
 from calbatch.metrics import measure
 
-TINY = ["--box", "10", "--particles", "40", "--size-scale", "0.3", "--voxel-size", "0.25", "--nz", "60"]
+GRID = ["--voxel-size", "0.2", "--nz", "60"]
+TINY = ["--box", "6", "--particles", "40", "--size-scale", "0.3", *GRID]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,8 @@ def tiny(tmp_path_factory):
     proc = run_cli("dem", "pack", "--out", pack, "--seed", "3", *TINY, "--json")
     assert proc.returncode == 0, proc.stderr
     series = root / "series.h5"
-    proc = run_cli("dem", "calender", pack, "--cd", "30", "--out", series, "--voxel-size", "0.25", "--nz", "60",
-                   "--speed", "0.2", "--particles-out", root / "particles.h5", "--json")
+    proc = run_cli("dem", "calender", pack, "--cd", "30", "--out", series, *GRID, "--speed", "0.2",
+                   "--frame-interval", "2.5", "--particles-out", root / "particles.h5", "--json")
     assert proc.returncode == 0, proc.stderr
     return {"root": root, "pack": pack, "series": series, "summary": json.loads(proc.stdout)}
 
@@ -39,8 +40,8 @@ def test_pack_is_a_loose_seeded_electrode(tiny):
     # settled onto the collector: nothing floats, nothing went through it
     bottoms = packed["positions"][:, 2] - packed["radii"]
     assert bottoms.min() > -0.05 and bottoms.min() < 0.05
-    again = dem.initial_placement(3, 40, 10.0, 0.3)
-    assert np.array_equal(again[0], dem.initial_placement(3, 40, 10.0, 0.3)[0])
+    again = dem.initial_placement(3, 40, 6.0, 0.3)
+    assert np.array_equal(again[0], dem.initial_placement(3, 40, 6.0, 0.3)[0])
 
 
 def test_press_reaches_cd_and_electrode_springs_back_partly(tiny):
@@ -48,10 +49,12 @@ def test_press_reaches_cd_and_electrode_springs_back_partly(tiny):
     a = s["attrs"]
     top0 = a["uncalendered_top_um"]
     assert a["press_lowest_um"] == pytest.approx(0.7 * top0)
-    assert s["press_z_um"].min() == pytest.approx(0.7 * top0, abs=0.2 * 10 * a["timestep_us"] + 0.05)
+    one_frame = a["press_speed_m_s"] * a["frame_interval_us"]
+    assert a["press_lowest_um"] - 1e-9 <= s["press_z_um"].min() <= a["press_lowest_um"] + one_frame
     tops = np.max(s["positions"][:, :, 2] + s["radii"], axis=1)
     lowest_frame = np.argmin(s["press_z_um"])
-    assert tops[lowest_frame] < 0.75 * top0  # the electrode was really pressed, not just the press moved
+    # the electrode was really pressed, not just the press moved (soft spheres indent the press a bit)
+    assert tops[lowest_frame] < (1 - 0.5 * 0.3) * top0
     final = tops[-1]
     assert a["press_lowest_um"] < final < top0  # spring-back and permanent compaction both present
     assert list(dict.fromkeys(s["phase"])) == ["press", "release", "relax"]
@@ -60,17 +63,17 @@ def test_press_reaches_cd_and_electrode_springs_back_partly(tiny):
 
 def test_solid_volume_conserved_in_voxel_frames(tiny):
     s = dem.read_series(tiny["series"])
-    solid = np.array([np.isin(f, (1, 2)).sum() for f in s["frames"]]) * 0.25**3
+    solid = np.array([np.isin(f, (1, 2)).sum() for f in s["frames"]]) * 0.2**3
     spheres = np.sum(4 / 3 * np.pi * s["radii"] ** 3)
     # voxelization error ~ surface x half a voxel; overlaps at the lowest point also remove some
-    surface = np.sum(4 * np.pi * s["radii"] ** 2) * 0.125
+    surface = np.sum(4 * np.pi * s["radii"] ** 2) * 0.1
     assert np.all(np.abs(solid - spheres) < surface)
     assert abs(solid[-1] - solid[0]) < 0.05 * spheres
 
 
 def test_series_file_round_trips_and_revoxelizes(tiny, tmp_path):
     s = dem.read_series(tiny["series"])
-    assert s["frames"].shape == (len(s["time_us"]), 60, 40, 40) and s["frames"].dtype == np.uint8
+    assert s["frames"].shape == (len(s["time_us"]), 60, 30, 30) and s["frames"].dtype == np.uint8
     for key in ("cd_percent", "microstructure_id", "seed", "contact_model", "contact_parameters",
                 "voxel_size_um", "liggghts_version"):
         assert key in s["attrs"], key
@@ -79,17 +82,16 @@ def test_series_file_round_trips_and_revoxelizes(tiny, tmp_path):
     back = dem.read_series(copy)
     assert np.array_equal(back["frames"], s["frames"]) and np.array_equal(back["phase"], s["phase"])
     # the particle-only file rebuilds the same voxels, and another grid without DEM
-    proc = run_cli("dem", "revoxelize", tiny["root"] / "particles.h5", "--out", tmp_path / "re.h5",
-                   "--voxel-size", "0.25", "--nz", "60")
+    proc = run_cli("dem", "revoxelize", tiny["root"] / "particles.h5", "--out", tmp_path / "re.h5", *GRID)
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(dem.read_series(tmp_path / "re.h5")["frames"], s["frames"])
-    proc = run_cli("dem", "revoxelize", tiny["series"], "--out", tmp_path / "fine.h5", "--voxel-size", "0.125",
+    proc = run_cli("dem", "revoxelize", tiny["series"], "--out", tmp_path / "fine.h5", "--voxel-size", "0.1",
                    "--nz", "120")
     assert proc.returncode == 0, proc.stderr
     fine = dem.read_series(tmp_path / "fine.h5")
-    assert fine["frames"].shape[1:] == (120, 80, 80)
-    assert measure(fine["frames"][0], 0.125)["porosity"] == pytest.approx(
-        measure(s["frames"][0], 0.25)["porosity"], abs=0.03)
+    assert fine["frames"].shape[1:] == (120, 60, 60)
+    assert measure(fine["frames"][0], 0.1)["porosity"] == pytest.approx(
+        measure(s["frames"][0], 0.2)["porosity"], abs=0.03)
     # a volume spec into the series reads one frame
     from calbatch.volume import read_volume
     assert np.array_equal(read_volume(f"{tiny['series']}:/frames/2"), s["frames"][2])
@@ -108,8 +110,7 @@ def test_dataset_resumes_without_recomputing(tiny, tmp_path):
     (out / "packs" / "ms1.h5").write_bytes(tiny["pack"].read_bytes())
     (out / "particles").mkdir()
     (out / "particles" / "ms1_cd30.h5").write_bytes((tiny["root"] / "particles.h5").read_bytes())
-    args = ["dem", "dataset", "--out", out, "--n", "1", "--cd", "30", "--workers", "1",
-            "--voxel-size", "0.25", "--nz", "60", "--json"]
+    args = ["dem", "dataset", "--out", out, "--n", "1", "--cd", "30", "--workers", "1", *GRID, "--json"]
     proc = run_cli(*args)  # the voxels come back from the particle file, no LIGGGHTS run
     assert proc.returncode == 0, proc.stderr
     assert not (out / "ms1_cd30.liggghts").exists()
@@ -125,7 +126,7 @@ def test_dataset_resumes_without_recomputing(tiny, tmp_path):
     (["calender", "PACK", "--cd", "95", "--out", "x.h5"], ["--cd", "95"]),
     (["calender", "PACK", "--cd", "0", "--out", "x.h5"], ["--cd"]),
     (["pack", "--out", "x.h5", "--particles", "0"], ["zero particles"]),
-    (["calender", "PACK", "--cd", "30", "--out", "x.h5", "--voxel-size", "0.25", "--nz", "10"], ["grid too small"]),
+    (["calender", "PACK", "--cd", "30", "--out", "x.h5", "--voxel-size", "0.2", "--nz", "10"], ["grid too small"]),
     (["pack", "--out", "x.h5", "--box", "2"], ["--box"]),
     (["calender", "missing.h5", "--cd", "30", "--out", "x.h5"], ["missing.h5"]),
 ])
@@ -138,7 +139,7 @@ def test_bad_options_give_one_line(tiny, tmp_path, args, fragments):
 def test_missing_liggghts_names_the_debian_package(tiny, tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     proc = subprocess.run([sys.executable, "-m", "calbatch", "dem", "calender", str(tiny["pack"]), "--cd", "30",
-                           "--out", str(tmp_path / "x.h5"), "--voxel-size", "0.25", "--nz", "60"],
+                           "--out", str(tmp_path / "x.h5"), *GRID],
                           capture_output=True, text=True, env=env, timeout=60)
     assert_one_line_error(proc, "liggghts", "Debian package")
 
@@ -147,9 +148,8 @@ def test_liggghts_error_gives_log_path_and_no_series(tiny, tmp_path):
     # a time step 200x too large blows the particles through the collector: LIGGGHTS stops with
     # "Lost atoms"
     out = tmp_path / "bad.h5"
-    proc = run_cli("dem", "calender", tiny["pack"], "--cd", "30", "--out", out, "--voxel-size", "0.25",
-                   "--nz", "60", "--dt", "0.05")
+    proc = run_cli("dem", "calender", tiny["pack"], "--cd", "30", "--out", out, *GRID, "--dt", "0.05")
     assert_one_line_error(proc, "LIGGGHTS failed", "log.liggghts")
     log = Path(proc.stderr.split("see its log ")[1].strip())
-    assert log.is_file() and "ERROR" in log.read_text()
+    assert log.is_file() and "ERROR" in log.read_text(errors="replace")
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
