@@ -219,6 +219,10 @@ def test_bad_input_is_one_line(tmp_path, volume, extra, message):
 # -- TauFactor --------------------------------------------------------------------------------
 def test_agrees_with_taufactor_on_the_example_electrode():
     taufactor = pytest.importorskip("taufactor")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its 2-thread sweeps crawl when the other core is busy
     from calbatch.data import example_volume_path
     from calbatch.transport import electrode_thickness
     from calbatch.volume import read_volume
@@ -227,7 +231,10 @@ def test_agrees_with_taufactor_on_the_example_electrode():
     region = volume[: electrode_thickness(volume)]
     ours = tortuosity(volume, cbd_diffusivity=0.0)  # TauFactor's PeriodicSolver: pore only
     solver = taufactor.PeriodicSolver(((region == PORE) | (region == VOID)).astype(np.uint8), device="cpu")
-    solver.solve(verbose=False, conv_crit=1e-3)
+    try:
+        solver.solve(verbose=False, conv_crit=1e-3)
+    finally:
+        torch.set_num_threads(threads)
     theirs_d, theirs_tau = float(np.ravel(solver.D_eff)[0]), float(np.ravel(solver.tau)[0])
     assert ours.d_eff_rel == pytest.approx(theirs_d, rel=5e-3)
     assert ours.tau == pytest.approx(theirs_tau, rel=5e-3)
