@@ -667,6 +667,7 @@ def plot(series_path: Path, out_dir: Path, slices: int = 4) -> list[str]:
                   interpolation="nearest", extent=(0, frame.shape[2] * vs, 0, frame.shape[0] * vs))
         ax.set(title=f"{series['phase'][i]} t={t[i]:.0f} us", xlabel="x (um)")
     np.atleast_1d(axes)[0].set_ylabel("z (um)")
+    fig.suptitle(f"{title}, x-z slice at mid y: white pore, red CBD, grey AM, blue void")
     paths.append(out_dir / f"{stem}_slices.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
