@@ -455,7 +455,9 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
     if len(dumps) != n_frames:
         raise CalbatchError(f"LIGGGHTS wrote {len(dumps)} of {n_frames} frames; see its log {run_dir / 'log.liggghts'}")
     stamps = np.array([start] + [p.stat().st_mtime for p in dumps])
-    frames_xyz = np.stack([_read_dump(p) for p in dumps])
+    # float32, as stored: the particle file then rebuilds exactly these voxels
+    frames_xyz = np.stack([_read_dump(p) for p in dumps]).astype(np.float32)
+    radii = radii.astype(np.float32)
 
     time_us = steps * dt
     release_start = press_steps * dt
