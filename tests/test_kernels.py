@@ -22,6 +22,15 @@ def test_census_matches_numpy(seed, periodic):
     assert top == ref_top == 19
 
 
+def test_census_threaded_path_matches_numpy():
+    # 2^22 voxels: large enough for the kernels to run on all OpenMP threads.
+    vol = random_volume(shape=(64, 256, 256), seed=7)
+    for got, want in zip(_core.census(vol, True), _reference.census(vol, True)):
+        np.testing.assert_array_equal(got, want)
+    other = random_volume(shape=(64, 256, 256), seed=8)
+    assert _core.error_sums(vol, other) == _reference.error_sums(vol, other)
+
+
 def test_cube_in_box_has_600_contact_faces():
     vol = np.zeros((20, 20, 20), dtype=np.uint8)
     vol[5:15, 5:15, 5:15] = 2

@@ -7,7 +7,12 @@
 
 namespace calbatch {
 
-constexpr int kCodes = 8;  // contact faces are reported in a kCodes x kCodes table
+constexpr int kCodes = 8;
+
+// Volumes below this many voxels run on one thread: a pass over the paper's 76x76x125 grid takes
+// well under a millisecond, less than one scheduler time slice, so a second OpenMP thread that the
+// OS has parked (other MPI ranks, a DEM job) would cost more at the barrier than it saves.
+constexpr int64_t kParallelVoxels = int64_t(1) << 22;  // contact faces are reported in a kCodes x kCodes table
 
 // Each valid phase code maps to one bit (pore 0 -> 8, CBD 1 -> 1, AM 2 -> 2, void 4 -> 4), so the
 // OR of two different neighbours is a two-bit mask naming the pair. This keeps the inner loops free
@@ -71,7 +76,7 @@ struct Census {
 inline Census census(const uint8_t* vol, int64_t nz, int64_t ny, int64_t nx, bool periodic_xy) {
     const int64_t plane = ny * nx;
     int64_t pairs[kPairs] = {0}, phases[kPhases] = {0}, top = -1;
-#pragma omp parallel
+#pragma omp parallel if (nz * plane >= kParallelVoxels)
     {
         int64_t my_pairs[kPairs] = {0}, my_phases[kPhases] = {0};
         std::vector<uint8_t> wrap_left(ny), wrap_right(ny);
@@ -134,7 +139,7 @@ inline ErrorSums error_sums(const uint8_t* truth, const uint8_t* pred, int64_t n
     constexpr int64_t kChunk = 1 << 16;  // 32-bit lane sums cannot overflow within a chunk
     const int64_t chunks = (n + kChunk - 1) / kChunk;
     int64_t sse = 0, sae = 0, st = 0, st2 = 0;
-#pragma omp parallel for reduction(+ : sse, sae, st, st2) schedule(static)
+#pragma omp parallel for reduction(+ : sse, sae, st, st2) schedule(static) if (n >= kParallelVoxels)
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t start = c * kChunk, end = start + kChunk < n ? start + kChunk : n;
         int32_t e2 = 0, e1 = 0, g1 = 0, g2 = 0;

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "calbatch/census.hpp"  // kParallelVoxels
+
 namespace calbatch {
 
 constexpr uint8_t kUncovered = 255;
@@ -31,7 +33,7 @@ inline int64_t voxelize_spheres(const double* centers, const double* radii, cons
     }
 
     int64_t top = -1;
-#pragma omp parallel for schedule(dynamic, 1) reduction(max : top)
+#pragma omp parallel for schedule(dynamic, 1) reduction(max : top) if (nz * plane >= kParallelVoxels)
     for (int64_t k = 0; k < nz; ++k) {
         uint8_t* slice = out + k * plane;
         const double zk = z0 + (k + 0.5) * v;
@@ -68,7 +70,7 @@ inline int64_t voxelize_spheres(const double* centers, const double* radii, cons
         if (solid && k > top) top = k;
     }
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nz * plane >= kParallelVoxels)
     for (int64_t k = 0; k < nz; ++k) {
         uint8_t* slice = out + k * plane;
         const uint8_t fill = k <= top ? kPore : kVoid;
