@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="calbatch", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="calbatch", description="calbatch: what calendering does to an electrode's 3-D microstructure.")
     parser.add_argument("--version", action="version", version=f"calbatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
