@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import CalbatchError
 from .volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM
+from .voxelize import voxelize_spheres
 
 TEMPLATES = Path(__file__).resolve().parent / "dem_templates"
 SERIES_FORMAT = "calbatch-dem-series/1"
@@ -277,13 +278,6 @@ def _grid_shape(box_xy, voxel_size: float, nz: int, height: float, max_diameter:
     return nz, ny, nx
 
 
-def voxelize_frame(positions, radii, phases, box_xy, shape_zyx, voxel_size) -> np.ndarray:
-    from .voxelize import voxelize_spheres
-
-    return voxelize_spheres(np.asarray(positions, dtype=np.float64), radii, phases, tuple(box_xy),
-                            shape_zyx, voxel_size)
-
-
 # ----------------------------------------------------------------------------- pack
 
 def initial_placement(seed: int, n_am: int, box_xy: float, size_scale: float = 1.0):
@@ -364,7 +358,7 @@ def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAU
     positions, radii, phases = _read_data(run_dir / "packed.data")
     top = float(np.max(positions[:, 2] + radii))
     shape = _grid_shape((box_xy, box_xy), voxel_size, nz, top, 2 * radii.max())
-    volume = voxelize_frame(positions, radii, phases, (box_xy, box_xy), shape, voxel_size)
+    volume = voxelize_spheres(positions, radii, phases, (box_xy, box_xy), shape, voxel_size)
     metrics = measure(volume, voxel_size)
     attrs = {
         "format": PACK_FORMAT, "microstructure_id": microstructure_id, "seed": seed,
@@ -478,7 +472,7 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
             "pack_porosity": float(attrs["porosity"]), "pack_file": Path(pack_file).name,
         },
     }
-    series["frames"] = np.stack([voxelize_frame(x, radii, phases, box_xy, shape, voxel_size) for x in frames_xyz])
+    series["frames"] = np.stack([voxelize_spheres(x, radii, phases, box_xy, shape, voxel_size) for x in frames_xyz])
     write_series(out, series)
     if particles_out is not None:
         write_series(Path(particles_out), series, with_frames=False)
@@ -524,7 +518,7 @@ def revoxelize(sources: list[Path], out: Path, voxel_size: float = DEFAULT_VOXEL
         box_xy = tuple(float(b) for b in series["attrs"]["box_um"])
         top = float(np.max(series["positions"][:, :, 2] + series["radii"]))
         shape = _grid_shape(box_xy, voxel_size, nz, top, 2 * float(series["radii"].max()))
-        series["frames"] = np.stack([voxelize_frame(x, series["radii"], series["phases"], box_xy, shape, voxel_size)
+        series["frames"] = np.stack([voxelize_spheres(x, series["radii"], series["phases"], box_xy, shape, voxel_size)
                                      for x in series["positions"]])
         series["attrs"]["voxel_size_um"] = voxel_size
         target = out / Path(src).name if many else out
