@@ -8,12 +8,16 @@ import pytest
 # Open MPI refuses to start as root (CI runs as root) unless told it may.
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+# Two ranks on a machine whose slots Open MPI counts lower than its cores.
+os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m calbatch ARGS`` as a user would, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "calbatch", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(*args, ranks: int | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m calbatch ARGS`` as a user would (under ``mpirun -n RANKS`` when given)."""
+    command = [sys.executable, "-m", "calbatch", *map(str, args)]
+    if ranks is not None:
+        command = ["mpirun", "-n", str(ranks), *command]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -3,7 +3,6 @@ of the real size (plus their CBD), on a coarse 0.2 um grid."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -138,9 +137,7 @@ def test_bad_options_give_one_line(tiny, tmp_path, args, fragments):
 
 def test_missing_liggghts_names_the_debian_package(tiny, tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
-    proc = subprocess.run([sys.executable, "-m", "calbatch", "dem", "calender", str(tiny["pack"]), "--cd", "30",
-                           "--out", str(tmp_path / "x.h5"), *GRID],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = run_cli("dem", "calender", tiny["pack"], "--cd", "30", "--out", tmp_path / "x.h5", *GRID, env=env)
     assert_one_line_error(proc, "liggghts", "Debian package")
 
 

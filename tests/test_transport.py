@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from calbatch.errors import CalbatchError
 from calbatch.transport import FickSolver, percolating_mask, solve_batch, tortuosity
@@ -19,7 +19,6 @@ pytest.importorskip("petsc4py")
 
 SHAPE = (24, 16, 16)  # z, y, x
 TIGHT = 1e-9
-MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
 
 
 def solid(shape=SHAPE) -> np.ndarray:
@@ -30,13 +29,6 @@ def random_electrode(seed: int, shape=SHAPE) -> np.ndarray:
     """Pore / CBD / AM voxels at random, pore-rich enough to percolate."""
     rng = np.random.default_rng(seed)
     return rng.choice(np.array([PORE, CBD, AM], np.uint8), size=shape, p=[0.55, 0.1, 0.35])
-
-
-def run(args: list[str], ranks: int | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "calbatch", *args]
-    if ranks is not None:
-        command = ["mpirun", "-n", str(ranks), *command]
-    return subprocess.run(command, capture_output=True, text=True, env=MPI_ENV, timeout=120)
 
 
 # -- analytic cases ---------------------------------------------------------------------------
@@ -145,7 +137,7 @@ def electrode_file(tmp_path_factory):
 
 def test_one_and_two_ranks_agree(electrode_file):
     args = ["tortuosity", str(electrode_file), "--json", "--tolerance", "1e-10"]
-    one, two = run(args, ranks=1), run(args, ranks=2)
+    one, two = run_cli(*args, ranks=1), run_cli(*args, ranks=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 alone prints: one document
     assert (a["ranks"], b["ranks"]) == (1, 2)
@@ -171,7 +163,7 @@ def test_batch_splits_the_communicator(tmp_path):
             """
         )
     )
-    done = subprocess.run(["mpirun", "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=MPI_ENV, timeout=120)  # fmt: skip
+    done = subprocess.run(["mpirun", "-n", "2", sys.executable, str(script)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [ranks for _, ranks in rows] == [1, 1, 1, 2, 2, 2]
@@ -191,7 +183,7 @@ def test_batch_in_one_process():
 
 # -- the command line and its one-line errors -------------------------------------------------
 def test_cli_table(electrode_file):
-    done = run(["tortuosity", str(electrode_file)])
+    done = run_cli("tortuosity", electrode_file)
     assert done.returncode == 0, done.stderr
     assert "tortuosity factor" in done.stdout and "converged" in done.stdout
 
@@ -210,10 +202,9 @@ def test_cli_table(electrode_file):
 def test_bad_input_is_one_line(tmp_path, volume, extra, message):
     path = tmp_path / "bad.npy"
     np.save(path, volume)
-    done = run(["tortuosity", str(path), *extra])
+    done = run_cli("tortuosity", path, *extra)
     assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert_one_line_error(done, message)
 
 
 # -- TauFactor --------------------------------------------------------------------------------

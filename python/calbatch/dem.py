@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import print_result
 from .errors import CalbatchError
 from .volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM
 from .voxelize import voxelize_spheres
@@ -742,17 +743,11 @@ def add_cli(subparsers) -> None:
     q.set_defaults(run=_cli_plot)
 
 
-def _print(result: dict, as_json: bool, table: str) -> None:
-    from .cli import print_result
-
-    print_result(result, as_json, table)
-
-
 def _cli_pack(args) -> None:
     r = pack(Path(args.out), seed=args.seed, microstructure_id=args.microstructure_id, n_am=args.particles,
              box_xy=args.box, size_scale=args.size_scale, voxel_size=args.voxel_size, nz=args.nz, dt=args.dt,
              nprocs=args.nprocs)
-    _print(r, args.json, "\n".join(f"{k:<18} {v}" for k, v in r.items()))
+    print_result(r, args.json, "\n".join(f"{k:<18} {v}" for k, v in r.items()))
 
 
 def _calender_settings(args) -> dict:
@@ -765,7 +760,7 @@ def _cli_calender(args) -> None:
                  particles_out=Path(args.particles_out) if args.particles_out else None, **_calender_settings(args))
     if args.plots:
         r["plots"] = plot(Path(args.out), Path(args.plots))
-    _print(r, args.json, format_table([r]))
+    print_result(r, args.json, format_table([r]))
 
 
 def _cli_dataset(args) -> None:
@@ -773,14 +768,14 @@ def _cli_dataset(args) -> None:
                      "voxel_size": args.voxel_size, "nz": args.nz, "dt": args.dt, "nprocs": args.nprocs}
     cds = [int(c) if float(c).is_integer() else c for c in args.cd]
     r = dataset(Path(args.out), args.n, cds, args.seed, args.workers, pack_settings, _calender_settings(args))
-    _print(r, args.json, format_table(r["series"]))
+    print_result(r, args.json, format_table(r["series"]))
 
 
 def _cli_revoxelize(args) -> None:
     r = revoxelize([Path(s) for s in args.sources], Path(args.out), args.voxel_size, args.nz)
-    _print({"revoxelized": r}, args.json, "\n".join(f"{x['source']} -> {x['out']} {x['shape_zyx']}" for x in r))
+    print_result({"revoxelized": r}, args.json, "\n".join(f"{x['source']} -> {x['out']} {x['shape_zyx']}" for x in r))
 
 
 def _cli_plot(args) -> None:
     paths = plot(Path(args.series), Path(args.out))
-    _print({"plots": paths}, args.json, "\n".join(paths))
+    print_result({"plots": paths}, args.json, "\n".join(paths))
