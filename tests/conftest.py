@@ -10,14 +10,19 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 # Two ranks on a machine whose slots Open MPI counts lower than its cores.
 os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+# Captured before any test initialises MPI in this process: that adds OMPI_/PMIX_ variables which
+# make a child mpirun fail silently, so subprocesses get this copy, not os.environ.
+BASE_ENV = dict(os.environ)
 
 
 def run_cli(*args, ranks: int | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m calbatch ARGS`` as a user would (under ``mpirun -n RANKS`` when given)."""
+    """Run ``python -m calbatch ARGS`` as a user would (under ``mpirun -n RANKS`` when given);
+    ``env`` holds variables to set on top of BASE_ENV."""
     command = [sys.executable, "-m", "calbatch", *map(str, args)]
     if ranks is not None:
         command = ["mpirun", "-n", str(ranks), *command]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, env={**BASE_ENV, **(env or {})},
+                          timeout=timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -136,8 +136,8 @@ def test_bad_options_give_one_line(tiny, tmp_path, args, fragments):
 
 
 def test_missing_liggghts_names_the_debian_package(tiny, tmp_path):
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
-    proc = run_cli("dem", "calender", tiny["pack"], "--cd", "30", "--out", tmp_path / "x.h5", *GRID, env=env)
+    proc = run_cli("dem", "calender", tiny["pack"], "--cd", "30", "--out", tmp_path / "x.h5", *GRID,
+                   env={"PATH": str(Path(sys.executable).parent)})
     assert_one_line_error(proc, "liggghts", "Debian package")
 
 

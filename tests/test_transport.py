@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import BASE_ENV, assert_one_line_error, run_cli
 
 from calbatch.errors import CalbatchError
 from calbatch.transport import FickSolver, percolating_mask, solve_batch, tortuosity
@@ -163,7 +163,7 @@ def test_batch_splits_the_communicator(tmp_path):
             """
         )
     )
-    done = subprocess.run(["mpirun", "-n", "2", sys.executable, str(script)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(["mpirun", "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=BASE_ENV, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [ranks for _, ranks in rows] == [1, 1, 1, 2, 2, 2]
