@@ -32,10 +32,18 @@ if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, h5py, scipy, tifff
 fi
 
 # 3. mpi4py and petsc4py compiled against Debian's Open MPI and PETSc 3.18 (about 4 minutes).
+# petsc4py 3.18's setup.py fails under a recent setuptools (84, which torch pulls in, breaks its
+# rpath hook), and it needs numpy at build time, so build isolation is no way out: the wheels are
+# built in a throwaway venv that sees this Python's numpy but has a setuptools of its own.
 if ! "$PY" -c "import mpi4py, petsc4py" 2>/dev/null; then
   say "building mpi4py and petsc4py 3.18 against Debian's PETSc (about 4 minutes)"
-  pip_quiet cython
-  PETSC_DIR=/usr/lib/petsc pip_quiet --no-build-isolation mpi4py "petsc4py==3.18.5"
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  "$PY" -m venv --system-site-packages "$build/venv"
+  "$build/venv/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel cython
+  PETSC_DIR=/usr/lib/petsc "$build/venv/bin/python" -m pip wheel -q --disable-pip-version-check \
+    --no-build-isolation --no-deps -w "$build/wheels" mpi4py "petsc4py==3.18.5"
+  pip_quiet --no-deps "$build"/wheels/*.whl
 fi
 
 # 4. calbatch itself, editable, with its C++ core (rebuilt when the sources changed).
