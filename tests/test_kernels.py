@@ -122,3 +122,29 @@ def test_sphere_voxel_volume_converges():
         errors.append(abs((vol == 2).sum() * v**3 / (4 / 3 * math.pi * r**3) - 1))
     assert errors[-1] < 0.005
     assert errors[0] > errors[-1]
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 6), (8, 2, 5), (6, 1, 1), (7, 3, 2)], ids=["odd", "ny2", "column", "nx2"])
+@pytest.mark.parametrize("slabs", [1, 3])
+def test_fick_rows_match_the_face_by_face_matrix(shape, slabs):
+    rng = np.random.default_rng(sum(shape) + slabs)
+    phases = rng.choice(np.array([0, 1, 2, 4], np.uint8), size=shape, p=[0.45, 0.15, 0.3, 0.1])
+    diffusivity = np.zeros(256)
+    diffusivity[[0, 4]], diffusivity[1] = 1.0, 0.3
+    active = (diffusivity[phases] > 0) & (rng.random(shape) < 0.9)  # some conducting voxels dropped
+    matrix, bottom_g, top_g = _reference.fick_matrix(phases, active, diffusivity)
+    per_slice = np.count_nonzero(active.reshape(shape[0], -1), axis=1)
+    offsets = np.concatenate([[0], np.cumsum(per_slice)]).astype(np.int64)
+    cuts = np.linspace(0, shape[0], slabs + 1).astype(int)
+    for z0, z1, index64 in zip(cuts[:-1], cuts[1:], [False, True, False]):
+        own, other, bottom, top = _core.fick_rows(phases, active.view(np.uint8), diffusivity, offsets, z0, z1, index64)
+        first, rows = offsets[z0], slice(offsets[z0], offsets[z1])
+        got = np.zeros((rows.stop - rows.start, matrix.shape[1]))
+        for (indptr, columns, values), shift in ((own, first), (other, 0)):  # own columns count from `first`
+            assert columns.dtype == (np.int64 if index64 else np.int32)
+            assert all(np.all(np.diff(columns[a:b]) > 0) for a, b in zip(indptr[:-1], indptr[1:]))  # sorted, no repeats
+            np.add.at(got, (np.repeat(np.arange(len(indptr) - 1), np.diff(indptr)), columns + shift), values)
+        assert np.all((other[1] < offsets[z0]) | (other[1] >= offsets[z1]))  # other ranks' columns only
+        np.testing.assert_allclose(got, matrix[rows].toarray(), rtol=1e-14, atol=1e-14)
+        np.testing.assert_array_equal(bottom, bottom_g[rows])
+        np.testing.assert_array_equal(top, top_g[rows])

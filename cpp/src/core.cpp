@@ -3,9 +3,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "calbatch/census.hpp"
+#include "calbatch/fick.hpp"
 #include "calbatch/voxelize.hpp"
 
 #ifdef _OPENMP
@@ -63,6 +65,45 @@ static py::tuple voxelize_spheres(const F64Array& centers, const F64Array& radii
     return py::make_tuple(out, top);
 }
 
+// Hands a buffer to numpy without a copy: the array owns it through a capsule.
+template <typename T>
+static py::array_t<T> to_numpy(calbatch::Buffer<T>&& buffer) {
+    T* data = buffer.data.release();
+    py::capsule free_when_done(data, [](void* p) { delete[] static_cast<T*>(p); });
+    return py::array_t<T>(buffer.size, data, free_when_done);
+}
+
+template <typename Index>
+static py::tuple to_numpy(calbatch::Csr<Index>&& csr) {
+    return py::make_tuple(to_numpy(std::move(csr.indptr)), to_numpy(std::move(csr.columns)),
+                          to_numpy(std::move(csr.values)));
+}
+
+template <typename Index>
+static py::tuple fick_rows_as(const U8Array& phases, const U8Array& active, const F64Array& diffusivity,
+                              const py::array_t<int64_t, py::array::c_style>& offsets, int64_t z0, int64_t z1) {
+    auto rows = [&] {
+        py::gil_scoped_release release;
+        return calbatch::fick_rows<Index>(phases.data(), active.data(), diffusivity.data(), offsets.data(),
+                                          phases.shape(0), phases.shape(1), phases.shape(2), z0, z1);
+    }();
+    return py::make_tuple(to_numpy(std::move(rows.own)), to_numpy(std::move(rows.other)),
+                          to_numpy(std::move(rows.bottom_g)), to_numpy(std::move(rows.top_g)));
+}
+
+static py::tuple fick_rows(const U8Array& phases, const U8Array& active, const F64Array& diffusivity,
+                           const py::array_t<int64_t, py::array::c_style>& offsets, int64_t z0, int64_t z1,
+                           bool index64) {
+    require_3d(phases, "phases");
+    if (active.ndim() != 3 || !std::equal(phases.shape(), phases.shape() + 3, active.shape()))
+        throw std::invalid_argument("active must have the shape of phases");
+    if (diffusivity.size() != 256) throw std::invalid_argument("diffusivity must have 256 entries (one per code)");
+    if (offsets.size() != phases.shape(0) + 1) throw std::invalid_argument("offsets must have nz + 1 entries");
+    if (!(0 <= z0 && z0 <= z1 && z1 <= phases.shape(0))) throw std::invalid_argument("need 0 <= z0 <= z1 <= nz");
+    return index64 ? fick_rows_as<int64_t>(phases, active, diffusivity, offsets, z0, z1)
+                   : fick_rows_as<int32_t>(phases, active, diffusivity, offsets, z0, z1);
+}
+
 static int max_threads() {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -72,7 +113,7 @@ static int max_threads() {
 }
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "calbatch C++ core: voxel census, error sums and sphere voxelization";
+    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization and Fick matrix rows";
     m.def("census", &census, py::arg("volume"), py::arg("periodic_xy") = true,
           "One pass over a [z][y][x] uint8 volume: (histogram[256], faces[8][8], top_solid_slice).");
     m.def("error_sums", &error_sums, py::arg("truth"), py::arg("pred"),
@@ -80,5 +121,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("voxelize_spheres", &voxelize_spheres, py::arg("centers"), py::arg("radii"), py::arg("phases"),
           py::arg("lx"), py::arg("ly"), py::arg("z0"), py::arg("voxel_size"), py::arg("shape"),
           "Voxelize spheres (periodic in x, y) into a new [z][y][x] volume: (volume, top_solid_slice).");
+    m.def("fick_rows", &fick_rows, py::arg("phases"), py::arg("active"), py::arg("diffusivity"), py::arg("offsets"),
+          py::arg("z0"), py::arg("z1"), py::arg("index64"),
+          "Fick matrix rows of the unknowns in slices [z0, z1) of a [z][y][x] region, split as PETSc's MPIAIJ:"
+          " ((indptr, columns, values) of the slab's own columns numbered from its first unknown,"
+          " (indptr, columns, values) of the other ranks' columns numbered globally, bottom_g, top_g);"
+          " indices int64 if index64 else int32.");
     m.def("max_threads", &max_threads, "OpenMP threads the kernels use.");
 }

@@ -3,6 +3,8 @@
 import numpy as np
 import numpy.typing as npt
 
+_Csr = tuple[npt.NDArray[np.integer], npt.NDArray[np.integer], npt.NDArray[np.float64]]
+
 def census(
     volume: npt.NDArray[np.uint8], periodic_xy: bool = True
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]: ...
@@ -17,4 +19,13 @@ def voxelize_spheres(
     voxel_size: float,
     shape: tuple[int, int, int],
 ) -> tuple[npt.NDArray[np.uint8], int]: ...
+def fick_rows(
+    phases: npt.NDArray[np.uint8],
+    active: npt.NDArray[np.uint8],
+    diffusivity: npt.NDArray[np.float64],
+    offsets: npt.NDArray[np.int64],
+    z0: int,
+    z1: int,
+    index64: bool,
+) -> tuple[_Csr, _Csr, npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def max_threads() -> int: ...
