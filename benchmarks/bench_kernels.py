@@ -36,6 +36,16 @@ def main() -> None:
     radii, phases = rng.uniform(0.6, 5.0, n), rng.choice(np.array([1, 2], np.uint8), n)
     vox = (centers, radii, phases, (30.4, 30.4), volume.shape, 0.4)
 
+    # The Fick matrix of the electrode's percolating pore and CBD (calbatch.transport's set-up).
+    from calbatch.transport import FickSolver
+
+    solver = FickSolver(volume, source=str(spec))
+    region, active = np.ascontiguousarray(volume[: solver.thickness]), solver._unknowns()
+    diffusivity = solver._diffusivity_table()
+    per_slice = np.count_nonzero(active.reshape(active.shape[0], -1), axis=1)
+    offsets = np.concatenate([[0], np.cumsum(per_slice)]).astype(np.int64)
+    fick = (region, active.view(np.uint8), diffusivity, offsets, 0, active.shape[0], False)
+
     big = np.ascontiguousarray(np.tile(volume, (2, 4, 4))[:, :256, :256])  # 250 x 256 x 256, threaded path
     rows = [
         ("contact areas + fractions + thickness", lambda: _core.census(volume, True),
@@ -44,6 +54,8 @@ def main() -> None:
          lambda: _reference.census(big, True), 10, 2),
         ("MSE / MAE / R2 sums", lambda: _core.error_sums(volume, other),
          lambda: _reference.error_sums(volume, other), 50, 5),
+        (f"Fick matrix rows, {int(offsets[-1])} unknowns", lambda: _core.fick_rows(*fick),
+         lambda: _reference.fick_matrix(region, active, diffusivity), 20, 3),
         (f"voxelize {n} spheres", lambda: voxelize_spheres(*vox),
          lambda: _reference.voxelize_spheres(*vox), 10, 1),
     ]

@@ -30,10 +30,15 @@ import time
 import numpy as np
 
 MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+SYMMETRIC_SOR = "-pc_hypre_boomeramg_relax_type_down symmetric-SOR/Jacobi -pc_hypre_boomeramg_relax_type_up symmetric-SOR/Jacobi"
 PRECONDITIONERS = {
-    "hypre PMIS (default)": None,
+    "hypre PMIS, SOR (default)": None,
+    "hypre PMIS, symmetric SOR": SYMMETRIC_SOR,
+    "hypre PMIS, l1 Gauss-Seidel": "-pc_hypre_boomeramg_relax_type_down l1-Gauss-Seidel "
+    "-pc_hypre_boomeramg_relax_type_up backward-l1-Gauss-Seidel",
+    "hypre PMIS, Chebyshev": "-pc_hypre_boomeramg_relax_type_all Chebyshev",
     "hypre defaults": "-pc_type hypre -pc_hypre_boomeramg_coarsen_type Falgout -pc_hypre_boomeramg_interp_type classical "
-    "-pc_hypre_boomeramg_strong_threshold 0.25 -pc_hypre_boomeramg_agg_nl 0 -pc_hypre_boomeramg_P_max 0",
+    "-pc_hypre_boomeramg_strong_threshold 0.25 -pc_hypre_boomeramg_agg_nl 0 -pc_hypre_boomeramg_P_max 0 " + SYMMETRIC_SOR,
     "gamg": "-pc_type gamg",
     "gamg unsmoothed": "-pc_type gamg -pc_gamg_agg_nsmooths 0",
     "ml": "-pc_type ml",

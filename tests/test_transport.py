@@ -125,6 +125,20 @@ def test_petsc_options_override_and_typos_are_caught():
         FickSolver(volume, petsc_options="-pc_tyep gamg").solve()
 
 
+def test_users_relax_type_all_is_not_undone_by_the_default_sweeps():
+    # PETSc reads -pc_hypre_boomeramg_relax_type_all before _down / _up: calbatch's default sweeps
+    # must give way, or "all" would silently change only the coarsest level.
+    volume = random_electrode(3)
+
+    def after_two_iterations(options: str) -> float:
+        return tortuosity(volume, tolerance=TIGHT, max_iterations=2, petsc_options=options).d_eff_rel
+
+    jacobi = "-pc_hypre_boomeramg_relax_type_all Jacobi"
+    spelt_out = jacobi + " -pc_hypre_boomeramg_relax_type_down Jacobi -pc_hypre_boomeramg_relax_type_up Jacobi"
+    assert after_two_iterations(jacobi) == after_two_iterations(spelt_out)
+    assert after_two_iterations(jacobi) != after_two_iterations("")
+
+
 # -- MPI --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def electrode_file(tmp_path_factory):

@@ -33,14 +33,16 @@ fi
 
 # 3. mpi4py and petsc4py compiled against Debian's Open MPI and PETSc 3.18 (about 4 minutes).
 # petsc4py 3.18's setup.py fails under a recent setuptools (84, which torch pulls in, breaks its
-# rpath hook), and it needs numpy at build time, so build isolation is no way out: the wheels are
-# built in a throwaway venv that sees this Python's numpy but has a setuptools of its own.
+# rpath hook) and needs numpy at build time, so build isolation is no way out: the wheels are built
+# in a throwaway venv with an older setuptools and this Python's numpy version (petsc4py ships its
+# Cython output as C, so no Cython is needed).
 if ! "$PY" -c "import mpi4py, petsc4py" 2>/dev/null; then
   say "building mpi4py and petsc4py 3.18 against Debian's PETSc (about 4 minutes)"
   build=$(mktemp -d)
   trap 'rm -rf "$build"' EXIT
-  "$PY" -m venv --system-site-packages "$build/venv"
-  "$build/venv/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel cython
+  numpy_version=$("$PY" -c "import numpy; print(numpy.__version__)")
+  "$PY" -m venv "$build/venv"
+  "$build/venv/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel "numpy==$numpy_version"
   PETSC_DIR=/usr/lib/petsc "$build/venv/bin/python" -m pip wheel -q --disable-pip-version-check \
     --no-build-isolation --no-deps -w "$build/wheels" mpi4py "petsc4py==3.18.5"
   pip_quiet --no-deps "$build"/wheels/*.whl

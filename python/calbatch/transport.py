@@ -266,7 +266,11 @@ class FickSolver:
         self.tolerance = float(tolerance)
         self.max_iterations = int(max_iterations)
         self.user_options = parse_petsc_options(petsc_options)
-        self.options = {**DEFAULT_PETSC_OPTIONS, **self.user_options}
+        defaults = dict(DEFAULT_PETSC_OPTIONS)
+        if "pc_hypre_boomeramg_relax_type_all" in self.user_options:  # PETSc reads _all first, then
+            for cycle in ("down", "up"):  # _down and _up: the defaults must not undo the user's _all
+                del defaults[f"pc_hypre_boomeramg_relax_type_{cycle}"]
+        self.options = {**defaults, **self.user_options}
         if comm is None:
             from mpi4py import MPI
 
