@@ -20,14 +20,16 @@ Method
   flux and are dropped, so the matrix is SPD and CG never sees a singular block. When nothing
   percolates, D_eff = 0 and tau = inf with ``percolating = False`` (a result, not an error).
 - PETSc (petsc4py) distributed AIJ matrix; each rank owns a slab of whole z-slices holding a near
-  equal share of the unknowns, and builds its rows with numpy (no per-voxel Python loop). The
-  connectivity labelling is done on every rank over the whole volume (memory O(volume) per rank).
+  equal share of the unknowns; the C++ core builds its rows in PETSc's own MPIAIJ layout, which
+  PETSc adopts without a copy. The connectivity labelling is done on every rank over the whole
+  volume (memory O(volume) per rank).
 - CG with hypre BoomerAMG by default (chosen by measurement, see docs/transport.md); any PETSc
   option may be given (``petsc_options``), and an option that the solve never reads is an error,
   so a typo does not pass silently.
 - Converged means the relative mismatch of inlet and outlet flux is at most ``tolerance`` and the
-  CG residual has dropped by the same factor, checked at every iteration; a solve that stops
-  short (iteration limit, breakdown) says so with ``converged = False``.
+  residual (|b - Ax| with CG) is below the same factor times a zero start's, checked at every
+  iteration; a solve that stops short (iteration limit, breakdown) says so with
+  ``converged = False``.
 
 Results: D_eff / D_bulk = Q * thickness / (Nx * Ny), Q the total flux for a unit concentration
 drop taken from the dissipation sum_faces g dc^2 (equal to the flux at the exact solution, with an

@@ -10,8 +10,8 @@
 
 namespace calbatch {
 
-// An uninitialised array filled front to back (the output is written once; zeroing it first would
-// cost as much as the stencil itself).
+// An uninitialised array filled front to back: the output is written exactly once, so zeroing it
+// first would be a wasted pass over tens of MB.
 template <typename T>
 struct Buffer {
     std::unique_ptr<T[]> data;
