@@ -37,13 +37,11 @@ def main() -> None:
     vox = (centers, radii, phases, (30.4, 30.4), volume.shape, 0.4)
 
     # The Fick matrix of the electrode's percolating pore and CBD (calbatch.transport's set-up).
-    from calbatch.transport import FickSolver
+    from calbatch.transport import FickSolver, unknown_offsets
 
     solver = FickSolver(volume, source=str(spec))
-    region, active = np.ascontiguousarray(volume[: solver.thickness]), solver._unknowns()
-    diffusivity = solver._diffusivity_table()
-    per_slice = np.count_nonzero(active.reshape(active.shape[0], -1), axis=1)
-    offsets = np.concatenate([[0], np.cumsum(per_slice)]).astype(np.int64)
+    region, active = np.ascontiguousarray(solver.region), solver._unknowns()
+    diffusivity, offsets = solver._diffusivity_table(), unknown_offsets(active)
     fick = (region, active.view(np.uint8), diffusivity, offsets, 0, active.shape[0], False)
 
     big = np.ascontiguousarray(np.tile(volume, (2, 4, 4))[:, :256, :256])  # 250 x 256 x 256, threaded path

@@ -8,6 +8,7 @@ from conftest import random_volume
 
 from calbatch import _core, _reference
 from calbatch.metrics import compare, measure
+from calbatch.transport import unknown_offsets
 from calbatch.voxelize import voxelize_spheres
 
 
@@ -133,8 +134,7 @@ def test_fick_rows_match_the_face_by_face_matrix(shape, slabs):
     diffusivity[[0, 4]], diffusivity[1] = 1.0, 0.3
     active = (diffusivity[phases] > 0) & (rng.random(shape) < 0.9)  # some conducting voxels dropped
     matrix, bottom_g, top_g = _reference.fick_matrix(phases, active, diffusivity)
-    per_slice = np.count_nonzero(active.reshape(shape[0], -1), axis=1)
-    offsets = np.concatenate([[0], np.cumsum(per_slice)]).astype(np.int64)
+    offsets = unknown_offsets(active)
     cuts = np.linspace(0, shape[0], slabs + 1).astype(int)
     for z0, z1, index64 in zip(cuts[:-1], cuts[1:], [False, True, False]):
         own, other, bottom, top = _core.fick_rows(phases, active.view(np.uint8), diffusivity, offsets, z0, z1, index64)

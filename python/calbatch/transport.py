@@ -159,6 +159,13 @@ def percolating_mask(conducting: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
+def unknown_offsets(active: np.ndarray) -> np.ndarray:
+    """Global number of the first unknown of each slice of the ``[z, y, x]`` mask ``active``, plus
+    the total (nz + 1 entries): unknowns are numbered in C order, as ``_core.fick_rows`` expects."""
+    per_slice = np.count_nonzero(active.reshape(active.shape[0], -1), axis=1)
+    return np.concatenate([[0], np.cumsum(per_slice)]).astype(np.int64)
+
+
 def relative_mismatch(inlet: float, outlet: float) -> float:
     """|inlet - outlet| / mean flux; inf while the mean is not positive (early iterates)."""
     mean = 0.5 * (inlet + outlet)
@@ -279,14 +286,14 @@ class FickSolver:
             comm = MPI.COMM_WORLD
         self.comm = comm
         self.thickness = electrode_thickness(self.volume)
-        region = self.volume[: self.thickness]
-        if not ((region == PORE) | (region == VOID)).any():
+        self.region = self.volume[: self.thickness]  # the solved slices; the void above is cut off
+        if not ((self.region == PORE) | (self.region == VOID)).any():
             raise CalbatchError(f"{source}: no pore voxels in the electrode (phase 0), nothing to diffuse through")
 
     # -- set-up ---------------------------------------------------------------------------------
     def _unknowns(self) -> np.ndarray:
         """Mask of the solved region's voxels that are unknowns: conducting and percolating."""
-        return percolating_mask(self._diffusivity_table()[self.volume[: self.thickness]] > 0)
+        return percolating_mask(self._diffusivity_table()[self.region] > 0)
 
     def _diffusivity_table(self) -> np.ndarray:
         """Diffusivity relative to the bulk by phase code (256 entries): pore and void 1, CBD the
@@ -296,12 +303,12 @@ class FickSolver:
         table[CBD] = self.cbd_diffusivity
         return table
 
-    def _slab(self, unknowns_per_slice: np.ndarray) -> tuple[int, int]:
-        """This rank's z-range: whole slices, cut where the cumulative unknown count crosses k/size."""
+    def _slab(self, offsets: np.ndarray) -> tuple[int, int]:
+        """This rank's z-range: whole slices, cut where the unknown count (``unknown_offsets``)
+        crosses k/size of the total."""
         size, rank = self.comm.Get_size(), self.comm.Get_rank()
-        cumulative = np.concatenate([[0], np.cumsum(unknowns_per_slice)])
-        cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(size + 1) / size)
-        cuts[0], cuts[-1] = 0, len(unknowns_per_slice)
+        cuts = np.searchsorted(offsets, offsets[-1] * np.arange(size + 1) / size)
+        cuts[0], cuts[-1] = 0, len(offsets) - 1
         return int(cuts[rank]), int(cuts[rank + 1])
 
     def _assemble(self, PETSc, active: np.ndarray):
@@ -311,18 +318,16 @@ class FickSolver:
         format (the slab's own columns, the neighbouring ranks' columns), which PETSc keeps as its
         storage."""
         nz = active.shape[0]
-        per_slice = np.count_nonzero(active.reshape(nz, -1), axis=1)
-        offsets = np.concatenate([[0], np.cumsum(per_slice)]).astype(np.int64)
-        z0, z1 = self._slab(per_slice)
+        offsets = unknown_offsets(active)
+        z0, z1 = self._slab(offsets)
         n_local, n_global = int(offsets[z1] - offsets[z0]), int(offsets[-1])
         index64 = np.dtype(PETSc.IntType).itemsize == 8
         if not index64 and 7 * n_local >= 2**31:
             raise CalbatchError(
                 f"{self.source}: {n_local} unknowns on one rank overflow this PETSc's 32-bit indices; run on more ranks"
             )
-        region = np.ascontiguousarray(self.volume[:nz])
         own, other, bottom_g, top_g = _core.fick_rows(
-            region, active.view(np.uint8), self._diffusivity_table(), offsets, z0, z1, index64
+            np.ascontiguousarray(self.region), active.view(np.uint8), self._diffusivity_table(), offsets, z0, z1, index64
         )
         # PETSc adopts the arrays as its matrix storage (no copy); on one rank there is no other block.
         matrix = PETSc.Mat().createAIJWithArrays(
@@ -334,7 +339,7 @@ class FickSolver:
         b = matrix.createVecLeft()
         b.setArray(top_g)  # c = 1 half a voxel above the top slice
         x = matrix.createVecRight()
-        x.setArray(np.repeat((np.arange(z0, z1) + 0.5) / nz, per_slice[z0:z1]))  # the open-block profile
+        x.setArray(np.repeat((np.arange(z0, z1) + 0.5) / nz, np.diff(offsets[z0 : z1 + 1])))  # the open-block profile
         bottom, top = np.flatnonzero(bottom_g), np.flatnonzero(top_g)  # local numbers
         return matrix, b, x, _Faces(bottom, top, bottom_g[bottom], top_g[top])
 
@@ -389,8 +394,7 @@ class FickSolver:
 
         PETSc = _petsc()
         start = time.perf_counter()
-        region = self.volume[: self.thickness]
-        porosity = float(np.count_nonzero((region == PORE) | (region == VOID)) / region.size)
+        porosity = float(np.count_nonzero((self.region == PORE) | (self.region == VOID)) / self.region.size)
         active = self._unknowns()
         nz, ny, nx = active.shape
         base = dict(
