@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_cli
 from calbatch import dem
 from calbatch.metrics import measure
 
-GRID = ["--voxel-size", "0.2", "--nz", "60"]
+GRID = ["--voxel-size", "0.2", "--nz", "80"]
 TINY = ["--box", "6", "--particles", "40", "--size-scale", "0.3", *GRID]
 
 
@@ -41,6 +41,31 @@ def test_pack_is_a_loose_seeded_electrode(tiny):
     assert bottoms.min() > -0.05 and bottoms.min() < 0.05
     again = dem.initial_placement(3, 40, 6.0, 0.3)
     assert np.array_equal(again[0], dem.initial_placement(3, 40, 6.0, 0.3)[0])
+
+
+def test_mass_ratio_gives_the_cbd_volume_fraction(tiny):
+    attrs = dem.read_pack(tiny["pack"])["attrs"]
+    # 96:4 by weight with a CBD of density 1.86 x (1 - 0.5) = 0.93 g/cm3: 17.2 % of the solid volume
+    assert attrs["cbd_volume_fraction"] == pytest.approx((4 / 0.93) / (4 / 0.93 + 96 / 4.65))
+    assert list(attrs["mass_ratio_am_cbd"]) == [96, 4] and attrs["cbd_nanoporosity"] == 0.5
+    packed = dem.read_pack(tiny["pack"])
+    spheres = 4 / 3 * np.pi * packed["radii"] ** 3
+    share = spheres[packed["phases"] == 1].sum() / spheres.sum()
+    assert share == pytest.approx(attrs["cbd_volume_fraction"], rel=0.05)  # whole spheres: rounding only
+    # voxelized finely, the CBD share of the solid voxels is the intended one within a few percent
+    from calbatch.voxelize import voxelize_spheres
+    box = tuple(attrs["box_um"])
+    vol = voxelize_spheres(packed["positions"], packed["radii"], packed["phases"], box, (200, 120, 120), 0.05)
+    assert measure(vol, 0.05)["cbd_share_of_solid"] == pytest.approx(attrs["cbd_volume_fraction"], rel=0.08)
+    assert dem.cbd_volume_fraction((90, 10), 0.0) == pytest.approx((10 / 1.86) / (10 / 1.86 + 90 / 4.65))
+
+
+def test_version_1_files_still_read():
+    old = Path(__file__).resolve().parents[1] / "data/dem/v1/particles/ms1_cd35.h5"
+    s = dem.read_series(old, frames=False)
+    assert s["attrs"]["format"] == "calbatch-dem-series/1"
+    assert s["attrs"]["cbd_volume_fraction"] == 0.04 and s["attrs"]["cbd_density_g_cm3"] == 0.93
+    assert s["positions"].shape[0] == len(s["time_us"])
 
 
 def test_press_reaches_cd_and_electrode_springs_back_partly(tiny):
@@ -72,7 +97,7 @@ def test_solid_volume_conserved_in_voxel_frames(tiny):
 
 def test_series_file_round_trips_and_revoxelizes(tiny, tmp_path):
     s = dem.read_series(tiny["series"])
-    assert s["frames"].shape == (len(s["time_us"]), 60, 30, 30) and s["frames"].dtype == np.uint8
+    assert s["frames"].shape == (len(s["time_us"]), 80, 30, 30) and s["frames"].dtype == np.uint8
     for key in ("cd_percent", "microstructure_id", "seed", "contact_model", "contact_parameters",
                 "voxel_size_um", "liggghts_version"):
         assert key in s["attrs"], key
@@ -85,10 +110,10 @@ def test_series_file_round_trips_and_revoxelizes(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(dem.read_series(tmp_path / "re.h5")["frames"], s["frames"])
     proc = run_cli("dem", "revoxelize", tiny["series"], "--out", tmp_path / "fine.h5", "--voxel-size", "0.1",
-                   "--nz", "120")
+                   "--nz", "160")
     assert proc.returncode == 0, proc.stderr
     fine = dem.read_series(tmp_path / "fine.h5")
-    assert fine["frames"].shape[1:] == (120, 60, 60)
+    assert fine["frames"].shape[1:] == (160, 60, 60)
     assert measure(fine["frames"][0], 0.1)["porosity"] == pytest.approx(
         measure(s["frames"][0], 0.2)["porosity"], abs=0.03)
     # a volume spec into the series reads one frame
@@ -109,7 +134,7 @@ def test_dataset_resumes_without_recomputing(tiny, tmp_path):
     (out / "packs" / "ms1.h5").write_bytes(tiny["pack"].read_bytes())
     (out / "particles").mkdir()
     (out / "particles" / "ms1_cd30.h5").write_bytes((tiny["root"] / "particles.h5").read_bytes())
-    args = ["dem", "dataset", "--out", out, "--n", "1", "--cd", "30", "--workers", "1", *GRID, "--json"]
+    args = ["dem", "dataset", "--out", out, "--n", "1", "--n-random", "0", "--cd", "30", "--workers", "1", *GRID, "--json"]
     proc = run_cli(*args)  # the voxels come back from the particle file, no LIGGGHTS run
     assert proc.returncode == 0, proc.stderr
     assert not (out / "ms1_cd30.liggghts").exists()
@@ -117,7 +142,10 @@ def test_dataset_resumes_without_recomputing(tiny, tmp_path):
     stamp = series.stat().st_mtime_ns
     proc = run_cli(*args)
     assert proc.returncode == 0 and series.stat().st_mtime_ns == stamp
-    assert not Path(dem.PGID_FILE).exists() or Path(dem.PGID_FILE).read_text().strip() != str(os.getpgrp())
+    assert not (out / "dataset.pgid").exists()
+    # a resumed dataset must ask for the same plan and settings
+    proc = run_cli("dem", "dataset", "--out", out, "--n", "1", "--n-random", "0", "--cd", "35", "--workers", "1", *GRID)
+    assert_one_line_error(proc, "dataset.json", "other settings", "plan")
     assert not list(out.rglob("*.tmp"))
 
 

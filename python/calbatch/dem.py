@@ -12,6 +12,7 @@ unit is 1 kPa.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -25,24 +26,52 @@ import numpy as np
 
 from .cli import print_result
 from .errors import CalbatchError
-from .volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM
+from .volume import AM, CBD, DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
 from .voxelize import voxelize_spheres
 
 TEMPLATES = Path(__file__).resolve().parent / "dem_templates"
-SERIES_FORMAT = "calbatch-dem-series/1"
-PACK_FORMAT = "calbatch-dem-pack/1"
-PGID_FILE = "/tmp/calbatch-dem-dataset.pgid"
+SERIES_FORMAT = "calbatch-dem-series/2"
+PACK_FORMAT = "calbatch-dem-pack/2"
+# Version 1 files (CBD at 4 % of the solid volume, no formulation attributes) still read.
+READABLE_SERIES = ("calbatch-dem-series/1", SERIES_FORMAT)
+READABLE_PACKS = ("calbatch-dem-pack/1", PACK_FORMAT)
+# What a series inherits from its pack about the formulation.
+FORMULATION_ATTRS = ("mass_ratio_am_cbd", "cbd_nanoporosity", "cbd_density_g_cm3", "cbd_volume_fraction",
+                     "cbd_diameter_um")
 
 # NMC111 diameters (um) and counts of Ngandjong et al. 2021; calbatch draws the AM particles in these
-# proportions. 160 of them settle in the 30.4 x 30.4 um box to 45-50 um at 46-51 % porosity.
+# proportions. 140 of them with their 96:4 CBD settle in the 30.4 x 30.4 um box to about 45 um.
 AM_DIAMETERS_UM = np.array([2.5, 3.5, 4.5, 5.86, 8.28, 10.35])
 AM_COUNTS = np.array([73, 91, 64, 57, 82, 29])
-DEFAULT_AM_PARTICLES = 160
-# CBD as 2 um spheres (coarser than the ~1.3 um of the literature: the time step scales with the
-# smallest particle), 4 % of the solid volume.
+DEFAULT_AM_PARTICLES = 140
+
+# Formulation (the paper's 96 % NMC111 - 2 % C65 - 2 % PVdF, by weight). The CBD is a nanoporous
+# domain of carbon + binder: its skeleton (C65 ~1.9, PVdF ~1.78 g/cm3) at the default nanoporosity
+# 0.5 gives the domain density 0.93 g/cm3 of the Franco group's CBD particles.
+AM_DENSITY = 4.65  # g/cm3 = pg/um^3
+CBD_SKELETON_DENSITY = 1.86
+DEFAULT_MASS_RATIO = (96.0, 4.0)
+# CBD spheres of 2 um (5 voxels across): the time step and the particle count both grow as the CBD
+# shrinks, and 2 um is what a dataset of 56 series affords on two cores (docs/dem.md).
 CBD_DIAMETER_UM = 2.0
-CBD_VOLUME_FRACTION = 0.04
-DENSITY = {AM: 4.65, CBD: 0.93}  # pg/um^3 = g/cm^3
+
+
+def cbd_density(nanoporosity: float = DEFAULT_NANOPOROSITY) -> float:
+    """Apparent density of the nanoporous CBD domain (g/cm3)."""
+    return CBD_SKELETON_DENSITY * (1 - nanoporosity)
+
+
+def cbd_volume_fraction(mass_ratio=DEFAULT_MASS_RATIO, nanoporosity: float = DEFAULT_NANOPOROSITY) -> float:
+    """CBD domain volume / solid (AM + CBD domain) volume for an AM:CBD mass ratio."""
+    am, cbd = (float(m) for m in mass_ratio)
+    if not (am > 0 and cbd >= 0):
+        raise CalbatchError(f"--mass-ratio: AM:CBD must be positive numbers, got {am:g}:{cbd:g}")
+    if not 0 <= nanoporosity < 1:
+        raise CalbatchError(f"--nanoporosity: must be in [0, 1), got {nanoporosity:g}")
+    v_am, v_cbd = am / AM_DENSITY, cbd / cbd_density(nanoporosity)
+    return v_cbd / (v_am + v_cbd)
+
+
 LIGGGHTS_TYPE = {AM: 1, CBD: 2}  # type 3 is the press, 4 the current collector
 
 # Contact model (types AM, CBD, wall). Moduli are softened from 200/2 GPa so that the time step
@@ -71,9 +100,10 @@ CONTACT = {
 }
 DT_PER_UM = 2.5e-4  # time step in us per um of the smallest diameter (halving it changes nothing)
 # Settling: an artificial gravity (the drying stand-in) over a fall long enough for the whole bed,
-# then viscous quenching; lower friction while settling sets the uncalendered porosity.
+# then viscous quenching; lower friction and cohesion (the binder still wet) while settling set the
+# uncalendered porosity: cohesion x 1 / 0.45 / 0.3 / 0.2 gave 0.55 / 0.44 / 0.43 / 0.40 (seed 1).
 PACK = {"box_height_factor": 3.3, "gravity_um_us2": 0.02, "fall_us": 150.0, "quench_us": 50.0,
-        "quench_damping": 50.0, "friction": 0.1}
+        "quench_damping": 50.0, "friction": 0.1, "cohesion_factor": 0.45}
 DEFAULT_SPEED = 0.05  # press speed in m/s (= um/us); 0.1 left 1.2 % more thickness (docs/dem.md)
 FRAME_TRAVEL_UM = 1.0  # default frame interval: the time the press needs for 1 um (20 us at 0.05 m/s)
 RELEASE_FACTOR = 0.6  # the press retracts by 0.6 x its travel at twice its speed ...
@@ -155,12 +185,13 @@ def _num(x) -> str:
     return f"{float(x):.17g}"
 
 
-def _write_data(path: Path, positions, radii, phases, box_xy, height) -> None:
-    """A LIGGGHTS data file (atom_style granular: id type diameter density x y z)."""
+def _write_data(path: Path, positions, radii, phases, box_xy, height, densities: dict) -> None:
+    """A LIGGGHTS data file (atom_style granular: id type diameter density x y z); ``densities``
+    maps phase code -> g/cm3."""
     lines = [f"calbatch particles\n\n{len(radii)} atoms\n4 atom types\n",
              f"0 {_num(box_xy[0])} xlo xhi\n0 {_num(box_xy[1])} ylo yhi\n0 {_num(height)} zlo zhi\n\nAtoms\n"]
     for i, (p, r, ph) in enumerate(zip(positions, radii, phases)):
-        lines.append(f"{i + 1} {LIGGGHTS_TYPE[int(ph)]} {_num(2 * r)} {DENSITY[int(ph)]} " + " ".join(map(_num, p)))
+        lines.append(f"{i + 1} {LIGGGHTS_TYPE[int(ph)]} {_num(2 * r)} {densities[int(ph)]:g} " + " ".join(map(_num, p)))
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -205,7 +236,7 @@ def _atomic_h5(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _open_h5(path: Path, fmt: str):
+def _open_h5(path: Path, formats: tuple[str, ...]):
     import h5py
 
     if not Path(path).is_file():
@@ -214,29 +245,38 @@ def _open_h5(path: Path, fmt: str):
         f = h5py.File(path, "r")
     except OSError as exc:
         raise CalbatchError(f"{path}: cannot read HDF5 ({exc})") from None
-    if f.attrs.get("format") != fmt:
+    if f.attrs.get("format") not in formats:
         f.close()
-        raise CalbatchError(f"{path}: not a {fmt} file (attribute 'format' is {f.attrs.get('format')!r})")
+        raise CalbatchError(f"{path}: not a {formats[-1]} file (attribute 'format' is {f.attrs.get('format')!r})")
     return f
 
 
 def read_pack(path: Path) -> dict:
     """A pack file as a dict: positions, radii, phases and its attributes."""
-    with _open_h5(path, PACK_FORMAT) as f:
+    with _open_h5(path, READABLE_PACKS) as f:
         pack = {k: f["particles"][k][()] for k in ("positions", "radii", "phases")}
-        pack["attrs"] = dict(f.attrs)
+        pack["attrs"] = _with_formulation(dict(f.attrs))
     return pack
+
+
+def _with_formulation(attrs: dict) -> dict:
+    """Version 1 files predate the formulation attributes: their CBD had the density 0.93 g/cm3 at
+    4 % of the solid volume (99.2 : 0.8 by weight); stated here so readers need not special-case them."""
+    attrs.setdefault("cbd_density_g_cm3", 0.93)
+    attrs.setdefault("cbd_nanoporosity", DEFAULT_NANOPOROSITY)
+    attrs.setdefault("cbd_volume_fraction", 0.04)
+    return attrs
 
 
 def read_series(path: Path, frames: bool = True) -> dict:
     """A series file as a dict of its datasets (``frames`` optional) and ``attrs``."""
-    with _open_h5(path, SERIES_FORMAT) as f:
+    with _open_h5(path, READABLE_SERIES) as f:
         series = {k: f[k][()] for k in ("time_us", "press_z_um", "phase", "wall_time_s")}
         series["phase"] = series["phase"].astype(str)
         series.update({k: f["particles"][k][()] for k in ("positions", "radii", "phases")})
         if frames and "frames" in f:
             series["frames"] = f["frames"][()]
-        series["attrs"] = dict(f.attrs)
+        series["attrs"] = _with_formulation(dict(f.attrs))
     return series
 
 
@@ -281,20 +321,23 @@ def _grid_shape(box_xy, voxel_size: float, nz: int, height: float, max_diameter:
 
 # ----------------------------------------------------------------------------- pack
 
-def initial_placement(seed: int, n_am: int, box_xy: float, size_scale: float = 1.0):
+def initial_placement(seed: int, n_am: int, box_xy: float, size_scale: float = 1.0,
+                      cbd_fraction: float | None = None, cbd_diameter: float = CBD_DIAMETER_UM):
     """Seeded loose start for settling: AM spheres placed at random without overlap in a tall box,
-    CBD spheres stuck onto AM surfaces (so the binder starts on the AM, as after drying)."""
+    CBD spheres (``cbd_fraction`` of the solid volume) stuck onto AM surfaces (so the binder starts
+    on the AM, as after drying)."""
+    cbd_fraction = cbd_volume_fraction() if cbd_fraction is None else cbd_fraction
     rng = np.random.default_rng(seed)
     # Largest-remainder apportionment of n_am over the measured size classes.
     share = AM_COUNTS / AM_COUNTS.sum() * n_am
     counts = np.floor(share).astype(int)
     counts[np.argsort(share - counts)[::-1][: n_am - counts.sum()]] += 1
     am_diameters = np.repeat(AM_DIAMETERS_UM, counts) * size_scale
-    cbd_diameter = CBD_DIAMETER_UM * size_scale
+    cbd_diameter = cbd_diameter * size_scale
     am_volume = np.sum(np.pi / 6 * am_diameters**3)
-    n_cbd = int(round(am_volume * CBD_VOLUME_FRACTION / (1 - CBD_VOLUME_FRACTION) / (np.pi / 6 * cbd_diameter**3)))
+    n_cbd = int(round(am_volume * cbd_fraction / (1 - cbd_fraction) / (np.pi / 6 * cbd_diameter**3)))
     # Box tall enough that the loose start is a dilute gas (solid fraction ~0.15).
-    height = PACK["box_height_factor"] * (am_volume / 0.96) / (0.5 * box_xy**2) + am_diameters.max()
+    height = PACK["box_height_factor"] * (am_volume / (1 - cbd_fraction)) / (0.5 * box_xy**2) + am_diameters.max()
     centers, radii = np.zeros((0, 3)), np.zeros(0)
     box = np.array([box_xy, box_xy])
 
@@ -322,7 +365,7 @@ def initial_placement(seed: int, n_am: int, box_xy: float, size_scale: float = 1
             u = rng.normal(size=3)
             p = centers[host] + u / np.linalg.norm(u) * (radii[host] + 0.98 * r)  # slight overlap: stuck
             p[:2] %= box_xy
-            if p[2] > r and free(p, r, ignore=host):
+            if r < p[2] < height - r and free(p, r, ignore=host):  # inside the box LIGGGHTS reads
                 break
         centers, radii = np.vstack([centers, p]), np.append(radii, r)
     phases = np.array([AM] * n_am + [CBD] * n_cbd, dtype=np.uint8)
@@ -331,9 +374,12 @@ def initial_placement(seed: int, n_am: int, box_xy: float, size_scale: float = 1
 
 def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAULT_AM_PARTICLES,
          box_xy: float = 30.4, size_scale: float = 1.0, voxel_size: float = DEFAULT_VOXEL_SIZE_UM,
-         nz: int = 125, dt: float | None = None, nprocs: int = 1, contact: dict | None = None) -> dict:
-    """Settle an uncalendered electrode in LIGGGHTS and write the pack file ``out``."""
-    from .metrics import measure
+         nz: int = 125, dt: float | None = None, nprocs: int = 1, contact: dict | None = None,
+         mass_ratio=DEFAULT_MASS_RATIO, nanoporosity: float = DEFAULT_NANOPOROSITY,
+         cbd_diameter: float = CBD_DIAMETER_UM) -> dict:
+    """Settle an uncalendered electrode of AM:CBD ``mass_ratio`` (by weight; the CBD a domain of
+    ``nanoporosity``) in LIGGGHTS and write the pack file ``out``."""
+    from .metrics import cbd_distribution, measure
 
     contact = contact or CONTACT
     if n_am < 1:
@@ -343,14 +389,20 @@ def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAU
     if not box_xy >= AM_DIAMETERS_UM.max() * size_scale:
         raise CalbatchError(f"--box {box_xy:g} um: smaller than the largest particle "
                             f"({AM_DIAMETERS_UM.max() * size_scale:g} um)")
+    if not cbd_diameter > 0:
+        raise CalbatchError(f"--cbd-diameter: must be positive, got {cbd_diameter}")
     out = Path(out)
-    centers, radii, phases, height = initial_placement(seed, n_am, box_xy, size_scale)
+    cbd_fraction = cbd_volume_fraction(mass_ratio, nanoporosity)
+    densities = {AM: AM_DENSITY, CBD: cbd_density(nanoporosity)}
+    centers, radii, phases, height = initial_placement(seed, n_am, box_xy, size_scale, cbd_fraction, cbd_diameter)
     dt = _timestep(radii, dt)
     run_dir = out.with_suffix(".liggghts")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_data(run_dir / "particles.data", centers, radii, phases, (box_xy, box_xy), height)
+    _write_data(run_dir / "particles.data", centers, radii, phases, (box_xy, box_xy), height, densities)
     fall, quench = (int(round(PACK[k] / dt)) for k in ("fall_us", "quench_us"))
-    script = _script("pack", dt, {**contact, "friction": PACK["friction"]}, skin=0.25 * 2 * radii.min(), gravity=PACK["gravity_um_us2"],
+    settling = {**contact, "friction": PACK["friction"], "cohesion_energy_density_kj_m3":
+                np.asarray(contact["cohesion_energy_density_kj_m3"]) * PACK["cohesion_factor"]}
+    script = _script("pack", dt, settling, skin=0.25 * 2 * radii.min(), gravity=PACK["gravity_um_us2"],
                      thermo_every=max(1, (fall + quench) // 20), fall_steps=fall, quench_steps=quench,
                      quench_damping=PACK["quench_damping"])
     start = time.perf_counter()
@@ -360,12 +412,18 @@ def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAU
     top = float(np.max(positions[:, 2] + radii))
     shape = _grid_shape((box_xy, box_xy), voxel_size, nz, top, 2 * radii.max())
     volume = voxelize_spheres(positions, radii, phases, (box_xy, box_xy), shape, voxel_size)
-    metrics = measure(volume, voxel_size)
+    metrics = measure(volume, voxel_size, nanoporosity)
     attrs = {
         "format": PACK_FORMAT, "microstructure_id": microstructure_id, "seed": seed,
         "box_um": [box_xy, box_xy], "size_scale": size_scale, "n_am": int(np.sum(phases == AM)),
         "n_cbd": int(np.sum(phases == CBD)), "top_um": top, "thickness_um": metrics["thickness_um"],
-        "porosity": metrics["porosity"], "voxel_size_um": voxel_size, "timestep_us": dt,
+        "porosity": metrics["porosity"], "porosity_all": metrics["porosity_all"],
+        "mass_ratio_am_cbd": [float(m) for m in mass_ratio], "cbd_nanoporosity": nanoporosity,
+        "cbd_density_g_cm3": densities[CBD], "cbd_volume_fraction": cbd_fraction,
+        "cbd_diameter_um": cbd_diameter * size_scale,
+        "cbd_share_of_solid_voxels": metrics["cbd_share_of_solid"],
+        "am_surface_on_cbd": metrics["am_surface_on_cbd"],
+        "voxel_size_um": voxel_size, "timestep_us": dt,
         "contact_model": CONTACT_MODEL, "contact_parameters": json.dumps(contact),
         "pack_parameters": json.dumps(PACK), "liggghts_version": liggghts_version(), "dem_wall_time_s": wall,
     }
@@ -377,7 +435,9 @@ def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAU
         f.create_dataset("volume", data=volume, compression="gzip", compression_opts=4)
 
     _atomic_h5(out, write)
-    return {"out": str(out), **{k: attrs[k] for k in ("seed", "n_am", "n_cbd", "top_um", "thickness_um", "porosity")},
+    keys = ("seed", "n_am", "n_cbd", "top_um", "thickness_um", "porosity", "porosity_all", "cbd_volume_fraction",
+            "cbd_share_of_solid_voxels", "am_surface_on_cbd")
+    return {"out": str(out), **{k: attrs[k] for k in keys}, "cbd_by_height": cbd_distribution(volume),
             "dem_wall_time_s": wall}
 
 
@@ -427,7 +487,8 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
     run_dir = out.with_suffix(".liggghts")
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "frames").mkdir(parents=True)
-    _write_data(run_dir / "particles.data", positions, radii, phases, box_xy, h0 + 3 * radii.max())
+    densities = {AM: AM_DENSITY, CBD: float(attrs["cbd_density_g_cm3"])}
+    _write_data(run_dir / "particles.data", positions, radii, phases, box_xy, h0 + 3 * radii.max(), densities)
     _press_stl(run_dir / "press.stl", box_xy)
     script = _script("calender", dt, contact, skin=0.25 * 2 * radii.min(), press_start=_num(h0),
                      frame_steps=frame_steps, speed=_num(speed), release_speed=_num(2 * speed),
@@ -471,6 +532,7 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
             "contact_model": CONTACT_MODEL, "contact_parameters": json.dumps(contact),
             "liggghts_version": liggghts_version(), "dem_wall_time_s": float(stamps[-1] - stamps[0]),
             "pack_porosity": float(attrs["porosity"]), "pack_file": Path(pack_file).name,
+            **{k: attrs[k] for k in FORMULATION_ATTRS if k in attrs},
         },
     }
     series["frames"] = np.stack([voxelize_spheres(x, radii, phases, box_xy, shape, voxel_size) for x in frames_xyz])
@@ -487,7 +549,7 @@ def summarize(series: dict, name: str) -> dict:
 
     a = series["attrs"]
     vs = float(a["voxel_size_um"])
-    first, last = (measure(series["frames"][i], vs) for i in (0, -1))
+    first, last = (measure(series["frames"][i], vs, float(a["cbd_nanoporosity"])) for i in (0, -1))
     lowest = float(a["press_lowest_um"])
     top0 = float(a["uncalendered_top_um"])
     final_top = float(np.max(series["positions"][-1][:, 2] + series["radii"]))
@@ -495,6 +557,9 @@ def summarize(series: dict, name: str) -> dict:
     return {
         "series": name, "cd_percent": float(a["cd_percent"]), "microstructure_id": int(a["microstructure_id"]),
         "frames": int(len(series["time_us"])), "porosity_before": first["porosity"], "porosity_after": last["porosity"],
+        "porosity_all_before": first["porosity_all"], "porosity_all_after": last["porosity_all"],
+        "cbd_share_of_solid_after": last["cbd_share_of_solid"], "am_surface_on_cbd_after": last["am_surface_on_cbd"],
+        "contact_area_after_um2": {k: last["contact_area_um2"][k] for k in ("AM-CBD", "pore-AM", "pore-CBD")},
         "thickness_before_um": first["thickness_um"], "thickness_after_um": last["thickness_um"],
         "press_lowest_um": lowest, "top_after_um": final_top,
         "spring_back_percent": 100 * (final_top - lowest) / top0,
@@ -531,6 +596,34 @@ def revoxelize(sources: list[Path], out: Path, voxel_size: float = DEFAULT_VOXEL
 # ----------------------------------------------------------------------------- dataset
 
 DEFAULT_CDS = (20, 25, 30, 35, 40, 45, 50)
+RANDOM_CD_RANGE = (20.0, 50.0)
+MANIFEST = "dataset.json"
+
+
+def cd_label(cd: float) -> str:
+    """A CD as it appears in file names: 35 -> '35', 27.3 -> '27.3'."""
+    return f"{float(cd):g}"
+
+
+def dataset_plan(n: int = 4, cds=DEFAULT_CDS, n_random: int = 4, random_cds: int = 7, seed: int = 1,
+                 cd_range=RANDOM_CD_RANGE) -> list[dict]:
+    """Which electrode gets which seed and CDs: electrodes 1..n at ``cds`` (the paper's grid, so its
+    split applies), then ``n_random`` more at ``random_cds`` CDs each, drawn uniformly in ``cd_range``
+    (0.1 % steps) from a generator seeded by (seed, electrode): the same plan on every run."""
+    if n < 0 or n_random < 0 or n + n_random < 1 or random_cds < 1:
+        raise CalbatchError(f"--n {n}, --n-random {n_random}, --random-cds {random_cds}: need at least one electrode "
+                            "and one CD each")
+    lo, hi = (float(c) for c in cd_range)
+    for cd in (*cds, lo, hi):
+        if not 0 < cd < 90:
+            raise CalbatchError(f"--cd: must be between 0 and 90 percent, got {cd:g}")
+    plan = [{"microstructure_id": ms, "seed": seed + ms - 1, "cds": [float(c) for c in cds]} for ms in range(1, n + 1)]
+    for ms in range(n + 1, n + n_random + 1):
+        rng = np.random.default_rng([seed, ms])
+        drawn = sorted({round(float(c), 1) for c in rng.uniform(lo, hi, 4 * random_cds)})
+        picks = rng.choice(len(drawn), size=min(random_cds, len(drawn)), replace=False)
+        plan.append({"microstructure_id": ms, "seed": seed + ms - 1, "cds": sorted(drawn[i] for i in picks)})
+    return plan
 
 
 def _dataset_pack(out_dir: str, ms: int, seed: int, settings: dict) -> str:
@@ -540,10 +633,10 @@ def _dataset_pack(out_dir: str, ms: int, seed: int, settings: dict) -> str:
     return str(path)
 
 
-def _dataset_series(out_dir: str, pack_path: str, ms: int, cd: int, settings: dict) -> dict:
+def _dataset_series(out_dir: str, pack_path: str, ms: int, cd: float, settings: dict) -> dict:
     out = Path(out_dir)
-    series_path = out / f"ms{ms}_cd{cd}.h5"
-    particles_path = out / "particles" / f"ms{ms}_cd{cd}.h5"
+    name = f"ms{ms}_cd{cd_label(cd)}.h5"
+    series_path, particles_path = out / name, out / "particles" / name
     if series_path.exists() and particles_path.exists():
         return summarize(read_series(series_path), str(series_path))
     if particles_path.exists():  # only the voxels are missing: rebuild them without DEM
@@ -553,29 +646,53 @@ def _dataset_series(out_dir: str, pack_path: str, ms: int, cd: int, settings: di
     return calender(Path(pack_path), cd, series_path, particles_out=particles_path, progress=False, **settings)
 
 
-def dataset(out_dir: Path, n: int = 4, cds=DEFAULT_CDS, seed: int = 1, workers: int = 2,
+def _check_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write the dataset's plan and settings, or check that a resumed run asks for the same."""
+    path = out_dir / MANIFEST
+    manifest = json.loads(json.dumps(manifest))  # tuples as lists, as they come back from the file
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise CalbatchError(f"{path}: not a calbatch dataset manifest (invalid JSON)") from None
+        if old != manifest:
+            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            raise CalbatchError(f"{path}: this folder holds a dataset made with other settings ({', '.join(diff)}); "
+                                "use another --out or the same options")
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def dataset(out_dir: Path, plan: list[dict] | None = None, workers: int = 2,
             pack_settings: dict | None = None, calender_settings: dict | None = None) -> dict:
-    """The paper's design: ``n`` microstructures x ``cds``, over ``workers`` processes; resumable
-    (finished files are skipped; every file is written through a temporary name)."""
+    """Pack every electrode of ``plan`` (:func:`dataset_plan`, by default the paper's 4 x 7 grid plus
+    4 electrodes at random CDs) and calender it at its CDs, over ``workers`` processes. Resumable:
+    finished files are skipped, every file is written through a temporary name, and the plan and
+    settings are kept in ``dataset.json`` so a resumed run cannot mix settings."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from tqdm import tqdm
 
-    if n < 1 or workers < 1:
-        raise CalbatchError(f"--n {n} and --workers {workers} must be at least 1")
-    for cd in cds:
-        if not 0 < cd < 90:
-            raise CalbatchError(f"--cd: must be between 0 and 90 percent, got {cd:g}")
+    plan = dataset_plan() if plan is None else plan
+    if workers < 1:
+        raise CalbatchError(f"--workers {workers}: must be at least 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     liggghts_command()  # fail before forking when LIGGGHTS is missing
-    Path(PGID_FILE).write_text(f"{os.getpgrp()}\n")  # lets a benchmark pause us with kill -STOP -PGID
+    _check_manifest(out_dir, {"format": "calbatch-dem-dataset/1", "plan": plan,
+                              "pack_settings": pack_settings or {}, "calender_settings": calender_settings or {}})
+    pgid_file = out_dir / "dataset.pgid"
+    pgid_file.write_text(f"{os.getpgrp()}\n")  # lets a benchmark pause us with kill -STOP -PGID
+    total = sum(len(e["cds"]) for e in plan)
+    cds_of = {e["microstructure_id"]: e["cds"] for e in plan}
     results, failures = [], []
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool, \
-                tqdm(total=n * len(cds), desc="dem dataset", unit="series", file=sys.stderr) as bar:
-            pending = {pool.submit(_dataset_pack, str(out_dir), ms, seed + ms - 1, pack_settings or {}): ("pack", ms)
-                       for ms in range(1, n + 1)}
+                tqdm(total=total, desc="dem dataset", unit="series", file=sys.stderr) as bar:
+            pending = {pool.submit(_dataset_pack, str(out_dir), e["microstructure_id"], e["seed"], pack_settings or {}):
+                       ("pack", e["microstructure_id"]) for e in plan}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -584,21 +701,21 @@ def dataset(out_dir: Path, n: int = 4, cds=DEFAULT_CDS, seed: int = 1, workers: 
                         value = fut.result()
                     except CalbatchError as exc:
                         failures.append(f"{kind} {key}: {exc}")
-                        bar.update(len(cds) if kind == "pack" else 1)
+                        bar.update(len(cds_of[key]) if kind == "pack" else 1)
                         continue
                     if kind == "pack":  # longest series first keeps both workers busy to the end
-                        for cd in sorted(cds, reverse=True):
+                        for cd in sorted(cds_of[key], reverse=True):
                             pending[pool.submit(_dataset_series, str(out_dir), value, key, cd,
                                                 calender_settings or {})] = ("series", (key, cd))
                     else:
                         results.append(value)
                         bar.update(1)
     finally:
-        if Path(PGID_FILE).exists() and Path(PGID_FILE).read_text().strip() == str(os.getpgrp()):
-            Path(PGID_FILE).unlink()
+        if pgid_file.exists() and pgid_file.read_text().strip() == str(os.getpgrp()):
+            pgid_file.unlink()
     results.sort(key=lambda r: (r["microstructure_id"], r["cd_percent"]))
     if failures:
-        raise CalbatchError(f"{len(failures)} of {n * len(cds)} runs failed (rerun to resume); first: {failures[0]}")
+        raise CalbatchError(f"{len(failures)} of {total} runs failed (rerun to resume); first: {failures[0]}")
     return {"out": str(out_dir), "series": results}
 
 
@@ -697,6 +814,12 @@ def add_cli(subparsers) -> None:
                        help=f"AM particles per electrode (default {DEFAULT_AM_PARTICLES})")
         q.add_argument("--box", type=float, default=30.4, help="periodic x-y box edge in um (default 30.4)")
         q.add_argument("--size-scale", type=float, default=1.0, help="scale all diameters (small test systems)")
+        q.add_argument("--mass-ratio", type=_mass_ratio, default=DEFAULT_MASS_RATIO, metavar="AM:CBD",
+                       help="AM:CBD mass ratio (default 96:4)")
+        q.add_argument("--nanoporosity", type=float, default=DEFAULT_NANOPOROSITY,
+                       help="nanopore fraction of the CBD domain (default 0.5)")
+        q.add_argument("--cbd-diameter", type=float, default=CBD_DIAMETER_UM,
+                       help=f"CBD sphere diameter in um (default {CBD_DIAMETER_UM:g})")
 
     q = sub.add_parser("pack", help="settle an uncalendered electrode (pack file)")
     q.add_argument("--out", required=True, help="pack file to write (.h5)")
@@ -718,10 +841,12 @@ def add_cli(subparsers) -> None:
     calender_options(q)
     q.set_defaults(run=_cli_calender)
 
-    q = sub.add_parser("dataset", help="N microstructures x CD list, in parallel, resumable")
+    q = sub.add_parser("dataset", help="electrodes x CDs (paper grid + random CDs), in parallel, resumable")
     q.add_argument("--out", default="data/dem/default", help="output folder (default data/dem/default)")
-    q.add_argument("--n", type=int, default=4, help="microstructures (default 4)")
-    q.add_argument("--cd", type=float, nargs="+", default=list(DEFAULT_CDS), help="CD list in percent")
+    q.add_argument("--n", type=int, default=4, help="electrodes at the --cd list (default 4)")
+    q.add_argument("--cd", type=float, nargs="+", default=list(DEFAULT_CDS), help="CD list in percent (default 20 25 .. 50)")
+    q.add_argument("--n-random", type=int, default=4, help="further electrodes at random CDs (default 4)")
+    q.add_argument("--random-cds", type=int, default=7, help="random CDs per further electrode, in 20-50 (default 7)")
     q.add_argument("--seed", type=int, default=1, help="seed of microstructure 1; k gets seed+k-1")
     q.add_argument("--workers", type=int, default=2, help="parallel LIGGGHTS runs (default 2)")
     pack_options(q)
@@ -743,11 +868,23 @@ def add_cli(subparsers) -> None:
     q.set_defaults(run=_cli_plot)
 
 
+def _mass_ratio(text: str) -> tuple[float, float]:
+    try:
+        am, cbd = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AM:CBD such as 96:4, got {text!r}") from None
+    return am, cbd
+
+
+def _pack_settings(args) -> dict:
+    return {"n_am": args.particles, "box_xy": args.box, "size_scale": args.size_scale, "voxel_size": args.voxel_size,
+            "nz": args.nz, "dt": args.dt, "nprocs": args.nprocs, "mass_ratio": args.mass_ratio,
+            "nanoporosity": args.nanoporosity, "cbd_diameter": args.cbd_diameter}
+
+
 def _cli_pack(args) -> None:
-    r = pack(Path(args.out), seed=args.seed, microstructure_id=args.microstructure_id, n_am=args.particles,
-             box_xy=args.box, size_scale=args.size_scale, voxel_size=args.voxel_size, nz=args.nz, dt=args.dt,
-             nprocs=args.nprocs)
-    print_result(r, args.json, "\n".join(f"{k:<18} {v}" for k, v in r.items()))
+    r = pack(Path(args.out), seed=args.seed, microstructure_id=args.microstructure_id, **_pack_settings(args))
+    print_result(r, args.json, "\n".join(f"{k:<26} {v}" for k, v in r.items()))
 
 
 def _calender_settings(args) -> dict:
@@ -764,10 +901,8 @@ def _cli_calender(args) -> None:
 
 
 def _cli_dataset(args) -> None:
-    pack_settings = {"n_am": args.particles, "box_xy": args.box, "size_scale": args.size_scale,
-                     "voxel_size": args.voxel_size, "nz": args.nz, "dt": args.dt, "nprocs": args.nprocs}
-    cds = [int(c) if float(c).is_integer() else c for c in args.cd]
-    r = dataset(Path(args.out), args.n, cds, args.seed, args.workers, pack_settings, _calender_settings(args))
+    plan = dataset_plan(args.n, args.cd, args.n_random, args.random_cds, args.seed)
+    r = dataset(Path(args.out), plan, args.workers, _pack_settings(args), _calender_settings(args))
     print_result(r, args.json, format_table(r["series"]))
 
 

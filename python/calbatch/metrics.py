@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM, PHASES, PORE, VOID, validate
+from .volume import AM, CBD, DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM, PHASES, PORE, VOID, validate
 
 # The phase pairs reported as contact areas, by name.
 CONTACT_PAIRS = {
@@ -22,12 +22,16 @@ CONTACT_PAIRS = {
 }
 
 
-def measure(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, periodic_xy: bool = True) -> dict:
+def measure(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, nanoporosity: float = DEFAULT_NANOPOROSITY,
+            periodic_xy: bool = True) -> dict:
     """Phase counts and fractions, porosity, thickness and contact areas of one volume.
 
     - ``fractions``: pore, CBD and AM as fractions of the electrode (the voxels that are not void),
       void as a fraction of the whole grid.
-    - ``porosity``: pore voxels / voxels that are not void (phase 4).
+    - ``porosity``: pore voxels / voxels that are not void (phase 4), the CBD's nanopores excluded
+      (the paper's definition); ``porosity_all`` counts them: pore + ``nanoporosity`` x CBD.
+    - ``cbd_share_of_solid``: CBD / (CBD + AM) voxels; ``am_surface_on_cbd``: the fraction of the AM
+      surface (its faces with pore, CBD or void) that touches CBD.
     - ``thickness_um``: (highest z-slice holding CBD or AM + 1) * voxel_size; 0 without solid.
     - ``contact_area_voxel2`` / ``contact_area_um2``: voxel faces shared by each phase pair, periodic
       in x and y (the wrap faces count), not in z.
@@ -39,16 +43,36 @@ def measure(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, perio
     fractions = {PHASES[c]: (counts[PHASES[c]] / electrode if electrode else 0.0) for c in (PORE, CBD, AM)}
     fractions["void"] = counts["void"] / total
     area_voxel2 = {name: int(faces[a, b]) for name, (a, b) in CONTACT_PAIRS.items()}
+    solid = counts["CBD"] + counts["AM"]
+    am_surface = area_voxel2["AM-CBD"] + area_voxel2["pore-AM"] + area_voxel2["void-AM"]
     return {
         "shape_zyx": list(volume.shape),
         "voxel_size_um": voxel_size,
         "counts": counts,
         "fractions": fractions,
         "porosity": fractions["pore"],
+        "porosity_all": fractions["pore"] + nanoporosity * fractions["CBD"],
+        "nanoporosity": nanoporosity,
+        "cbd_share_of_solid": counts["CBD"] / solid if solid else 0.0,
+        "am_surface_on_cbd": area_voxel2["AM-CBD"] / am_surface if am_surface else 0.0,
         "thickness_voxels": int(top) + 1,
         "thickness_um": (int(top) + 1) * voxel_size,
         "contact_area_voxel2": area_voxel2,
         "contact_area_um2": {name: n * voxel_size**2 for name, n in area_voxel2.items()},
+    }
+
+
+def cbd_distribution(volume: np.ndarray, bands: int = 5) -> dict:
+    """Where the CBD sits over the electrode's height: for ``bands`` equal slabs of the thickness
+    from the collector up, each slab's share of all CBD voxels and its CBD / solid voxel ratio."""
+    volume = np.asarray(volume)
+    top = _core.census(np.ascontiguousarray(volume, dtype=np.uint8), True)[2]
+    edges = np.linspace(0, int(top) + 1, bands + 1).round().astype(int)
+    cbd = np.array([np.count_nonzero(volume[a:b] == CBD) for a, b in zip(edges[:-1], edges[1:])])
+    am = np.array([np.count_nonzero(volume[a:b] == AM) for a, b in zip(edges[:-1], edges[1:])])
+    return {
+        "share_of_cbd": (cbd / max(cbd.sum(), 1)).round(4).tolist(),
+        "cbd_share_of_solid": (cbd / np.maximum(cbd + am, 1)).round(4).tolist(),
     }
 
 
@@ -74,7 +98,10 @@ def format_table(result: dict) -> str:
     lines = [
         f"grid (z, y, x)         {z} x {y} x {x} voxels of {result['voxel_size_um']:g} um",
         f"thickness              {result['thickness_um']:.2f} um ({result['thickness_voxels']} slices)",
-        f"porosity               {result['porosity']:.4f}",
+        f"porosity               {result['porosity']:.4f} (CBD nanopores excluded)",
+        f"porosity_all           {result['porosity_all']:.4f} (with CBD nanoporosity {result['nanoporosity']:g})",
+        f"CBD share of solid     {result['cbd_share_of_solid']:.4f}",
+        f"AM surface on CBD      {result['am_surface_on_cbd']:.4f}",
     ]
     for name, frac in result["fractions"].items():
         basis = "of grid" if name == "void" else "of electrode"

@@ -19,6 +19,8 @@ from .errors import CalbatchError
 PORE, CBD, AM, VOID = 0, 1, 2, 4
 PHASES = {PORE: "pore", CBD: "CBD", AM: "AM", VOID: "void"}
 DEFAULT_VOXEL_SIZE_UM = 0.4
+# The CBD is a nanoporous carbon + binder domain; half of it is pore by default (Franco group).
+DEFAULT_NANOPOROSITY = 0.5
 
 _TIFF = (".tif", ".tiff")
 _H5 = (".h5", ".hdf5")
