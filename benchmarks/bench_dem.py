@@ -1,16 +1,16 @@
 """DEM wall time per frame for the full-size system: the DEM side of the DL-vs-DEM comparison.
 
     python3 benchmarks/bench_dem.py                      # CD 35 and 50, 1 rank
-    python3 benchmarks/bench_dem.py --cd 35 --np 1 2     # also under mpirun -n 2
-    python3 benchmarks/bench_dem.py --pause-dataset      # SIGSTOP a running `dem dataset` meanwhile
+    python3 benchmarks/bench_dem.py --cd 35 --nprocs 1 2 # also under mpirun -n 2
+    python3 benchmarks/bench_dem.py --pause-dataset DIR  # SIGSTOP the `dem dataset` running in DIR meanwhile
 
-Packs microstructure 1 (seed 1, 160 AM + ~215 CBD spheres in 30.4 x 30.4 um, ~47 um thick) once,
-then calenders it with the default settings (press 0.1 m/s, one frame per 1 um of travel, dt
-5e-4 us) and prints, per CD and rank count: frames, the DEM wall time per press frame (the time
+Packs microstructure 1 (seed 1, the default formulation: 140 AM + 923 CBD spheres in 30.4 x 30.4 um,
+~44 um thick) once, then calenders it with the default settings (press 0.05 m/s, one frame per 1 um
+of travel, dt 5e-4 us) and prints, per CD and rank count: frames, the DEM wall time per press frame (the time
 between two frame dumps while the press moves down, the mean over the run), per frame over the
 whole run including release and relaxation, and the total with voxelization and file writing. The
-paper's DEM took ~47 min a frame. With --pause-dataset the process group in
-/tmp/calbatch-dem-dataset.pgid is stopped for the benchmark and continued afterwards (its own
+paper's DEM took ~47 min a frame. With --pause-dataset DIR the process group in
+DIR/dataset.pgid is stopped for the benchmark and continued afterwards (its own
 per-frame wall times then include the pause).
 """
 
@@ -34,14 +34,15 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cd", type=float, nargs="+", default=[35, 50])
-    parser.add_argument("--np", type=int, nargs="+", default=[1], dest="nprocs")
-    parser.add_argument("--pause-dataset", action="store_true")
+    parser.add_argument("--nprocs", type=int, nargs="+", default=[1])
+    parser.add_argument("--pause-dataset", metavar="DIR", default=None, help="folder of a running dem dataset")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     pgid = None
-    if args.pause_dataset and Path(dem.PGID_FILE).exists():
-        pgid = int(Path(dem.PGID_FILE).read_text())
+    pgid_file = Path(args.pause_dataset or ".") / "dataset.pgid"
+    if args.pause_dataset and pgid_file.exists():
+        pgid = int(pgid_file.read_text())
         os.killpg(pgid, signal.SIGSTOP)
     rows = []
     try:

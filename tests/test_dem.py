@@ -2,19 +2,20 @@
 of the real size (plus their CBD), on a coarse 0.2 um grid."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli
 
 from calbatch import dem
 from calbatch.metrics import measure
+from conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.liggghts  # real LIGGGHTS runs throughout
 
 GRID = ["--voxel-size", "0.2", "--nz", "80"]
-TINY = ["--box", "6", "--particles", "40", "--size-scale", "0.3", *GRID]
+TINY = ["--box", "6", "--n-am", "40", "--size-scale", "0.3", *GRID]
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +59,6 @@ def test_mass_ratio_gives_the_cbd_volume_fraction(tiny):
     vol = voxelize_spheres(packed["positions"], packed["radii"], packed["phases"], box, (200, 120, 120), 0.05)
     assert measure(vol, 0.05)["cbd_share_of_solid"] == pytest.approx(attrs["cbd_volume_fraction"], rel=0.08)
     assert dem.cbd_volume_fraction((90, 10), 0.0) == pytest.approx((10 / 1.86) / (10 / 1.86 + 90 / 4.65))
-
-
-def test_version_1_files_still_read():
-    old = Path(__file__).resolve().parents[1] / "data/dem/v1/particles/ms1_cd35.h5"
-    s = dem.read_series(old, frames=False)
-    assert s["attrs"]["format"] == "calbatch-dem-series/1"
-    assert s["attrs"]["cbd_volume_fraction"] == 0.04 and s["attrs"]["cbd_density_g_cm3"] == 0.93
-    assert s["positions"].shape[0] == len(s["time_us"])
 
 
 def test_press_reaches_cd_and_electrode_springs_back_partly(tiny):
@@ -152,7 +145,7 @@ def test_dataset_resumes_without_recomputing(tiny, tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["calender", "PACK", "--cd", "95", "--out", "x.h5"], ["--cd", "95"]),
     (["calender", "PACK", "--cd", "0", "--out", "x.h5"], ["--cd"]),
-    (["pack", "--out", "x.h5", "--particles", "0"], ["zero particles"]),
+    (["pack", "--out", "x.h5", "--n-am", "0"], ["--n-am", "at least 1"]),
     (["calender", "PACK", "--cd", "30", "--out", "x.h5", "--voxel-size", "0.2", "--nz", "10"], ["grid too small"]),
     (["pack", "--out", "x.h5", "--box", "2"], ["--box"]),
     (["calender", "missing.h5", "--cd", "30", "--out", "x.h5"], ["missing.h5"]),

@@ -4,12 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import random_volume
 
 from calbatch import _core, _reference
 from calbatch.metrics import compare, measure
 from calbatch.transport import unknown_offsets
 from calbatch.voxelize import voxelize_spheres
+from conftest import random_volume
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

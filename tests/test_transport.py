@@ -9,13 +9,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import BASE_ENV, assert_one_line_error, run_cli
 
+from calbatch.cli.output import to_json
 from calbatch.errors import CalbatchError
 from calbatch.transport import FickSolver, percolating_mask, solve_batch, tortuosity
 from calbatch.volume import AM, CBD, PORE, VOID
+from conftest import BASE_ENV, assert_one_line_error, run_cli
 
-pytest.importorskip("petsc4py")
+pytestmark = pytest.mark.mpi  # PETSc solves throughout
 
 SHAPE = (24, 16, 16)  # z, y, x
 TIGHT = 1e-9
@@ -86,7 +87,8 @@ def test_no_percolating_path_is_a_flagged_result():
     result = tortuosity(volume)
     assert not result.percolating
     assert result.d_eff_rel == 0.0 and result.tau == float("inf")
-    assert result.to_dict()["tau"] is None
+    # as JSON: null, and the path listed as non-finite
+    assert json.loads(to_json(result.to_dict())) == {**result.to_dict(), "tau": None, "non_finite": ["tau"]}
 
 
 def test_periodic_wrap_connects_clusters():

@@ -6,12 +6,12 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-from conftest import assert_one_line_error, random_volume, run_cli
 
 import calbatch
 from calbatch import CalbatchError, read_volume, write_volume
 from calbatch.data import example_volume_path
 from calbatch.metrics import measure
+from conftest import assert_one_line_error, random_volume, run_cli
 
 
 @pytest.mark.parametrize("name", ["v.npy", "v.tif", "v.tiff", "v.h5:/group/volume"])

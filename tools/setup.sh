@@ -26,9 +26,9 @@ if ! "$PY" -c "import scikit_build_core, pybind11, numpy" 2>/dev/null; then
   say "pip install build tools"
   pip_quiet scikit-build-core pybind11 numpy
 fi
-if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, h5py, scipy, tifffile, yaml, pydantic, matplotlib, tqdm, pytest" 2>/dev/null; then
+if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, h5py, scipy, tifffile, yaml, pydantic, matplotlib, tqdm, pytest, ruff" 2>/dev/null; then
   say "pip install the scientific stack (tensorflow-cpu, onnxruntime, ...; a few minutes)"
-  pip_quiet "tensorflow-cpu>=2.16" "tf2onnx>=1.16" onnx onnxruntime h5py scipy tifffile pyyaml pydantic matplotlib tqdm pytest
+  pip_quiet "tensorflow-cpu>=2.16" "tf2onnx>=1.16" onnx onnxruntime h5py scipy tifffile pyyaml pydantic matplotlib tqdm pytest ruff
 fi
 
 # 3. mpi4py and petsc4py compiled against Debian's Open MPI and PETSc 3.18 (about 4 minutes).
@@ -48,9 +48,11 @@ if ! "$PY" -c "import mpi4py, petsc4py" 2>/dev/null; then
   pip_quiet --no-deps "$build"/wheels/*.whl
 fi
 
-# 4. calbatch itself, editable, with its C++ core (rebuilt when the sources changed).
+# 4. calbatch itself, editable, with its C++ core: reinstalled when the C++ sources or the build
+# files changed, or when Python modules were added, moved or removed (the editable install maps
+# each module to its file).
 stamp=build/.installed-sources
-sources=$(cat pyproject.toml CMakeLists.txt $(find cpp -type f | sort) | sha1sum | cut -c1-40)
+sources=$( (cat pyproject.toml CMakeLists.txt $(find cpp -type f | sort); find python -name '*.py' | sort) | sha1sum | cut -c1-40)
 if ! "$PY" -c "import calbatch._core" 2>/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$sources" ]; then
   say "building calbatch and its C++ core"
   pip_quiet --no-build-isolation --no-deps -e .

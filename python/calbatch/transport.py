@@ -50,17 +50,17 @@ from __future__ import annotations
 import math
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
 from . import _core
 from .errors import CalbatchError
-from .volume import CBD, PORE, VOID, read_volume, validate
+from .mpi import first_error, gather_cases, run_guarded, split_groups
+from .volume import CBD, DEFAULT_NANOPOROSITY, PORE, VOID, read_volume, validate
 
-CBD_NANOPOROSITY = 0.5
-DEFAULT_CBD_DIFFUSIVITY = CBD_NANOPOROSITY**1.5  # Bruggeman, see the module docstring
+DEFAULT_CBD_DIFFUSIVITY = DEFAULT_NANOPOROSITY**1.5  # Bruggeman, see the module docstring
 DEFAULT_TOLERANCE = 1e-4  # relative inlet/outlet flux mismatch
 DEFAULT_MAX_ITERATIONS = 20000
 # CG + BoomerAMG with cheap-setup 3-D settings and one forward SOR sweep down, one backward up (a
@@ -106,10 +106,8 @@ class TransportResult:
     pc_type: str
 
     def to_dict(self) -> dict:
-        """Plain dict for JSON; tau = inf becomes None (see ``percolating``)."""
-        out = asdict(self)
-        out["tau"] = self.tau if math.isfinite(self.tau) else None
-        return out
+        """Plain dict (tau = inf without a percolating path, see ``percolating``)."""
+        return asdict(self)
 
     def table(self) -> str:
         status = "converged" if self.converged else "NOT CONVERGED"
@@ -303,13 +301,13 @@ class FickSolver:
         table[CBD] = self.cbd_diffusivity
         return table
 
-    def _slab(self, offsets: np.ndarray) -> tuple[int, int]:
-        """This rank's z-range: whole slices, cut where the unknown count (``unknown_offsets``)
-        crosses k/size of the total."""
-        size, rank = self.comm.Get_size(), self.comm.Get_rank()
+    def _slab_cuts(self, offsets: np.ndarray) -> np.ndarray:
+        """Every rank's z-range (rank r owns slices cuts[r] .. cuts[r+1]): whole slices, cut where the
+        unknown count (``unknown_offsets``) crosses k/size of the total. The same on every rank."""
+        size = self.comm.Get_size()
         cuts = np.searchsorted(offsets, offsets[-1] * np.arange(size + 1) / size)
         cuts[0], cuts[-1] = 0, len(offsets) - 1
-        return int(cuts[rank]), int(cuts[rank + 1])
+        return cuts
 
     def _assemble(self, PETSc, active: np.ndarray):
         """This rank's rows of the SPD system A c = b as a distributed AIJ matrix and vectors.
@@ -319,12 +317,14 @@ class FickSolver:
         storage."""
         nz = active.shape[0]
         offsets = unknown_offsets(active)
-        z0, z1 = self._slab(offsets)
+        cuts = self._slab_cuts(offsets)
+        z0, z1 = (int(c) for c in cuts[self.comm.Get_rank() : self.comm.Get_rank() + 2])
         n_local, n_global = int(offsets[z1] - offsets[z0]), int(offsets[-1])
         index64 = np.dtype(PETSc.IntType).itemsize == 8
-        if not index64 and 7 * n_local >= 2**31:
+        largest = int(np.diff(offsets[cuts]).max())  # judged alike on every rank: none enters PETSc alone
+        if not index64 and 7 * largest >= 2**31:
             raise CalbatchError(
-                f"{self.source}: {n_local} unknowns on one rank overflow this PETSc's 32-bit indices; run on more ranks"
+                f"{self.source}: {largest} unknowns on one rank overflow this PETSc's 32-bit indices; run on more ranks"
             )
         own, other, bottom_g, top_g = _core.fick_rows(
             np.ascontiguousarray(self.region), active.view(np.uint8), self._diffusivity_table(), offsets, z0, z1, index64
@@ -475,76 +475,19 @@ def solve_batch(volumes: Sequence[np.ndarray | str], ranks_per_case: int = 1, co
     """Solve many volumes: ``comm`` is split into groups of ``ranks_per_case`` ranks (the last may
     be smaller), group g solves cases g, g + groups, ...; every rank returns all results in order.
 
-    A case that raises :class:`CalbatchError` makes the whole batch raise it on every rank, with
-    the case number, after all groups finish.
+    A case that raises anything (a :class:`CalbatchError` or a bug) does not stop the others: after
+    all groups finish, every rank raises the first failed case's error, naming the case.
     """
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD if comm is None else comm
-    if ranks_per_case < 1:
-        raise CalbatchError(f"ranks_per_case: must be >= 1, got {ranks_per_case}")
-    group = comm.Get_rank() // ranks_per_case
-    groups = -(-comm.Get_size() // ranks_per_case)
-    sub = comm.Split(color=group, key=comm.Get_rank())
-    mine: dict[int, object] = {}
+    _petsc()  # PetscInitialize is collective over the world: every rank, before any case can fail
+    sub, group, groups = split_groups(comm, ranks_per_case)
     try:
-        for case in range(group, len(volumes), groups):
-            try:
-                mine[case] = tortuosity(volumes[case], comm=sub, **kwargs)
-            except CalbatchError as exc:
-                mine[case] = CalbatchError(f"case {case}: {exc}")
+        mine = {case: run_guarded(lambda c=case: tortuosity(volumes[c], comm=sub, **kwargs))
+                for case in range(group, len(volumes), groups)}
     finally:
         sub.Free()
-    results: dict[int, object] = {}
-    for part in comm.allgather(mine if comm.Get_rank() % ranks_per_case == 0 else {}):  # group leaders
-        results.update(part)
-    errors = [results[case] for case in sorted(results) if isinstance(results[case], CalbatchError)]
-    if errors:
-        raise errors[0]
-    return [results[case] for case in range(len(volumes))]  # type: ignore[misc]
-
-
-# -- command line ------------------------------------------------------------------------------
-def _cli(args) -> None:
-    from mpi4py import MPI
-
-    from .cli import print_result
-
-    rank = MPI.COMM_WORLD.Get_rank()
-    try:
-        result = tortuosity(
-            args.volume,
-            cbd_diffusivity=args.cbd_diffusivity,
-            tolerance=args.tolerance,
-            petsc_options=args.petsc_options,
-        )
-    except CalbatchError:
-        if rank != 0:  # every rank sees the same bad input; one line is enough
-            raise SystemExit(2) from None
-        raise
-    if rank == 0:
-        table = f"volume                 {args.volume}\n" + result.table()
-        print_result({"volume": args.volume, **result.to_dict()}, args.json, table)
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tortuosity",
-        help="effective diffusivity and tortuosity factor by a Fick solve (PETSc; mpirun -n N to spread it)",
-    )
-    p.add_argument("volume", help="VOLUME: .npy, .tif/.tiff stack or file.h5:/dataset")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--cbd-diffusivity", type=float, default=DEFAULT_CBD_DIFFUSIVITY, metavar="D",
-        help=f"CBD diffusivity relative to the bulk electrolyte (default {DEFAULT_CBD_DIFFUSIVITY:.3f}; 0 = insulating)",
-    )  # fmt: skip
-    p.add_argument(
-        "--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
-        help=f"converged when |inlet - outlet| / mean flux is below this (default {DEFAULT_TOLERANCE:g})",
-    )  # fmt: skip
-    p.add_argument(
-        "--petsc-options", default=None, metavar="'-OPT VALUE ...'",
-        help="PETSc options overriding the defaults (CG + hypre BoomerAMG), e.g. "
-        "--petsc-options='-pc_type gamg -ksp_monitor'",
-    )  # fmt: skip
-    p.set_defaults(run=_cli)
+    results = gather_cases(comm, mine, leader=comm.Get_rank() % ranks_per_case == 0)
+    first_error(results)
+    return [results[case] for case in range(len(volumes))]

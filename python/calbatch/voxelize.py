@@ -52,3 +52,17 @@ def voxelize_spheres(
         tuple(int(s) for s in shape_zyx),
     )
     return volume
+
+
+def grid_shape(box_xy, voxel_size: float, nz: int, height: float, max_diameter: float) -> tuple[int, int, int]:
+    """The voxel grid for a box; refuses grids too small for the electrode or its particles."""
+    if not voxel_size > 0:
+        raise CalbatchError(f"--voxel-size: must be positive, got {voxel_size}")
+    nx, ny = (int(round(b / voxel_size)) for b in box_xy)
+    if min(nx, ny) < 2 or voxel_size > max_diameter:
+        raise CalbatchError(f"--voxel-size {voxel_size} um: too coarse for the box {box_xy[0]:g} um "
+                            f"and particles of {max_diameter:g} um")
+    if nz * voxel_size < height:
+        raise CalbatchError(f"--nz {nz}: grid too small for the particles: {nz} x {voxel_size} um = "
+                            f"{nz * voxel_size:g} um < electrode height {height:.2f} um")
+    return nz, ny, nx

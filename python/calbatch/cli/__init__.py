@@ -1,0 +1,96 @@
+"""The ``calbatch`` command. Every subcommand has the same shape: bad input, a missing optional
+dependency or a failed external run is one line on stderr naming the file, field, value or the
+command that installs what is missing, and exit status 2; results go to stdout as a table or, with
+``--json``, as strict JSON and nothing else. Under mpirun one rank prints. An internal bug still
+shows its traceback.
+
+One module per command group (``volume``: metrics and demo; ``dem``; ``transport``), each with an
+``add_cli(subparsers)``; stages never import the command line. Heavy dependencies (PETSc,
+TensorFlow, ...) are imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .. import __version__
+from ..errors import CalbatchError
+from ..mpi import is_root
+
+# Command-group modules, in the order --help lists them.
+COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport")
+
+# Optional dependencies: the one line that says how to get each.
+_SETUP = "run `bash tools/setup.sh` from the calbatch repository"
+INSTALL_HINTS = {
+    "mpi4py": f"mpi4py is not installed: {_SETUP} (builds it against Debian's Open MPI)",
+    "petsc4py": f"petsc4py is not installed: {_SETUP} (builds it against Debian's PETSc 3.18)",
+    "tensorflow": "TensorFlow is not installed: pip install tensorflow-cpu (or " + _SETUP + ")",
+    "keras": "Keras is not installed: pip install tensorflow-cpu (or " + _SETUP + ")",
+    "tf2onnx": "tf2onnx is not installed: pip install tf2onnx onnx (or " + _SETUP + ")",
+    "onnx": "onnx is not installed: pip install onnx (or " + _SETUP + ")",
+    "onnxruntime": "ONNX Runtime is not installed: pip install onnxruntime (or " + _SETUP + ")",
+    "optuna": "Optuna is not installed: pip install optuna (or " + _SETUP + ")",
+    "h5py": "h5py is not installed: pip install h5py",
+    "matplotlib": "matplotlib is not installed: pip install matplotlib",
+    "tqdm": "tqdm is not installed: pip install tqdm",
+    "yaml": "PyYAML is not installed: pip install pyyaml",
+    "pydantic": "pydantic is not installed: pip install pydantic",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (printed by one rank) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if is_root():
+            sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="calbatch", description="calbatch: what calendering does to an electrode's 3-D microstructure.")
+    parser.add_argument("--version", action="version", version=f"calbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"calbatch.cli.{name}").add_cli(sub)
+    return parser
+
+
+def _fail(command: str, message: str, code: int = 2) -> int:
+    if is_root():
+        sys.stderr.write(f"calbatch {command}: error: {message}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `calbatch`: its help, not an error
+        parser.print_help()
+        return 0
+    try:
+        args.run(args)
+    except CalbatchError as exc:
+        return _fail(args.command, str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in INSTALL_HINTS:
+            return _fail(args.command, INSTALL_HINTS[exc.name.split(".")[0]])
+        raise
+    except BrokenPipeError:  # `calbatch ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        return _fail(args.command, f"{exc.filename or ''}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        if is_root():
+            sys.stderr.write(f"calbatch {args.command}: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

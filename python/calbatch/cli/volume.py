@@ -1,0 +1,44 @@
+"""``calbatch metrics VOLUME`` and ``calbatch demo``: the electrode metrics of one volume."""
+
+from __future__ import annotations
+
+from ..volume import DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
+from .output import finite, print_result
+
+
+def _metrics(args) -> None:
+    from ..metrics import format_table, measure
+    from ..volume import read_volume
+
+    if not 0 <= args.nanoporosity < 1:
+        from ..errors import CalbatchError
+
+        raise CalbatchError(f"--nanoporosity: must be in [0, 1), got {args.nanoporosity:g}")
+    volume = read_volume(args.volume)
+    result = {"volume": args.volume, **measure(volume, args.voxel_size, args.nanoporosity)}
+    print_result(result, args.json, f"volume                 {args.volume}\n" + format_table(result))
+
+
+def _demo(args) -> None:
+    from ..data import example_volume_path
+
+    args.volume = example_volume_path()
+    _metrics(args)
+
+
+def _common(p) -> None:
+    p.add_argument("--voxel-size", type=finite(), default=DEFAULT_VOXEL_SIZE_UM, help="voxel edge in um (default 0.4)")
+    p.add_argument("--nanoporosity", type=finite("nonnegative"), default=DEFAULT_NANOPOROSITY,
+                   help="nanopore fraction of the CBD, for porosity_all (default 0.5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("metrics", help="phase fractions, porosity, thickness and contact areas of a volume")
+    p.add_argument("volume", help="VOLUME: .npy, .tif/.tiff stack or file.h5:/dataset")
+    _common(p)
+    p.set_defaults(run=_metrics)
+
+    p = subparsers.add_parser("demo", help="run the main job on the shipped example electrode")
+    _common(p)
+    p.set_defaults(run=_demo)
