@@ -1,0 +1,97 @@
+"""One model step on the paper's 76x76x125 grid: ONNX Runtime against TensorFlow on the same model.
+
+    python3 benchmarks/bench_model.py                     # untrained calbatch model, 2 threads
+    python3 benchmarks/bench_model.py --run RUN_DIR       # a trained run (its best weights)
+    python3 benchmarks/bench_model.py --paper             # also the paper-style model (fixed grid)
+
+Builds the model (or loads a run), exports it with tf2onnx to a temporary file, then times
+``--repeat`` steps each of ``model(frames, cond)`` in TensorFlow (a traced function) and of an ONNX
+Runtime CPU session (no thread spinning), interleaved so both see the same machine load, both
+limited to ``--threads`` threads, after one warm-up step.
+Prints the median seconds per step of each and their ratio (TF / ORT; > 1 means ONNX Runtime is
+faster). The step is the network only; the rollout's decision rule adds a few ms.
+
+Measured on the project's 2-core machine (sharing it with a niced DEM run, so an upper bound),
+calbatch model (24 coarse channels, 61.6 k parameters), 2 threads:
+    TensorFlow 2.21 0.50 s / step, ONNX Runtime 1.32 0.38 s / step, TF/ORT 1.3
+and paper-style model (16 filters, 145 M parameters): see --paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _time_both(fns, repeat: int) -> list[float]:
+    """Median seconds per call of each function, calls interleaved so both see the same load."""
+    for fn in fns:
+        fn()  # warm-up (tracing, allocation)
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def bench(model, run: dict, grid, threads: int, repeat: int) -> dict:
+    import tensorflow as tf
+
+    from calbatch.export import export, load_onnx, random_input
+
+    frames, cond = random_input(grid, float(run["voxel_size_um"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        check = export(model, run, path, check_grid=grid)
+        sess, _ = load_onnx(path, threads=threads)
+        call = tf.function(lambda f, c: model([f, c], training=False))
+        t_ort, t_tf = _time_both([lambda: sess.run(None, {"frames": frames, "cond": cond}),
+                                  lambda: call(tf.constant(frames), tf.constant(cond)).numpy()], repeat)
+    return {"model": run["kind"], "params": int(model.count_params()), "grid_zyx": list(grid), "threads": threads,
+            "tensorflow_s": t_tf, "onnxruntime_s": t_ort, "tf_over_ort": t_tf / t_ort,
+            "max_abs_diff": check["max_abs_diff"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default=None, help="training run folder (default: an untrained calbatch model)")
+    ap.add_argument("--paper", action="store_true", help="also the paper-style model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--grid", type=int, nargs=3, default=[125, 76, 76], metavar=("NZ", "NY", "NX"))
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from calbatch.model import build
+    from calbatch.train import load_trained
+
+    if args.run:
+        model, run = load_trained(Path(args.run))
+    else:
+        run = {"kind": "calbatch", "config": {}, "voxel_size_um": 0.4, "grid_zyx": args.grid, "cd_range": [20, 50]}
+        model = build("calbatch")
+    results = [bench(model, run, tuple(args.grid), args.threads, args.repeat)]
+    if args.paper:
+        prun = {"kind": "paper", "config": {"grid": args.grid}, "voxel_size_um": 0.4, "grid_zyx": args.grid,
+                "cd_range": [20, 50]}
+        results.append(bench(build("paper", grid=args.grid), prun, tuple(args.grid), args.threads, args.repeat))
+    for r in results:
+        print(f"{r['model']:<9} {r['params']:>11,d} params  grid {r['grid_zyx']}  {r['threads']} threads  "
+              f"TensorFlow {r['tensorflow_s']:.3f} s  ONNX Runtime {r['onnxruntime_s']:.3f} s  "
+              f"TF/ORT {r['tf_over_ort']:.2f}  (max |diff| {r['max_abs_diff']:.1e})")
+    print(json.dumps(results), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""``calbatch train | export | rollout | evaluate``: the learned frame model's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .output import count, finite, print_result
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ logs of TF/XLA off stderr
+
+
+def _crop(text: str):
+    if text.lower() in ("0", "none", "full"):
+        return None
+    try:
+        parts = [int(x) for x in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CY,CX such as 32,32 (or 'none'), got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected two positive sizes CY,CX, got {text!r}")
+    return tuple(parts)
+
+
+def _train(args) -> None:
+    _quiet_tensorflow()
+    from ..dataset import parse_split
+    from ..train import train
+
+    if args.model == "calbatch":
+        config = {"channels": args.channels, "layers_coarse": args.layers, "factor": args.factor,
+                  "hidden": args.hidden, "max_residual": args.max_residual}
+    else:
+        config = {"filters": args.filters, "dense": args.dense}
+    r = train([Path(s) for s in args.series], Path(args.out), kind=args.model, config=config,
+              test_split=parse_split(args.test_split) if args.test_split else None, val_fraction=args.val_fraction,
+              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, horizon=args.horizon, crop=args.crop,
+              noise=args.noise, patience=args.patience, seed=args.seed, resume=args.resume,
+              max_windows=args.max_windows, max_val_windows=args.max_val_windows, vol_weight=args.vol_weight)
+    last = r["history"][-1] if r["history"] else {}
+    table = (f"run          {r['out']}\nmodel        {r['kind']} ({r['params']:,d} parameters)\n"
+             f"series       train {r['train_series']}, val {r['val_series']}, test {r['test_series']}\n"
+             f"epochs       {r['epoch']}\nlast         train {last.get('train_loss')} val {last.get('val_loss')}\n"
+             f"best val     {r['best_val']}")
+    print_result(r, args.json, table)
+
+
+def _export(args) -> None:
+    _quiet_tensorflow()
+    from ..export import export
+    from ..train import load_trained
+
+    model, run = load_trained(Path(args.run), args.weights)
+    r = export(model, run, Path(args.out), opset=args.opset, check_grid=args.check_grid)
+    print_result(r, args.json, f"{r['out']}  opset {r['opset']}  {r['bytes']:,d} bytes  "
+                               f"max |ONNX - Keras| {r['max_abs_diff']:.2e} on {r['check_grid_zyx']}")
+
+
+def _rollout(args) -> None:
+    from ..rollout import rollout_file
+
+    r = rollout_file(Path(args.model), Path(args.start), args.cd, Path(args.out), args.start_frames, args.decision,
+                     args.voxel_size, args.threads)
+    flag = "  (CD outside the trained range: extrapolated)" if r["cd_extrapolated"] else ""
+    print_result(r, args.json, f"{r['out']}  {r['frames']} frames  CD {r['cd_percent']:g} %  "
+                               f"{r['seconds_per_step']:.3f} s/step{flag}")
+
+
+def _evaluate(args) -> None:
+    from ..evaluate import evaluate
+
+    r = evaluate(Path(args.model), [Path(s) for s in args.series], args.decision, args.threads)
+    if args.out:
+        from .output import to_json
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "evaluation.json").write_text(to_json(r))
+    lines = [f"{'pass':<20} {'R2 mean':>8} {'R2 worst':>9} {'|dporosity|':>12} {'AM vol err':>11}"]
+    for k, v in r["summary"].items():
+        lines.append(f"{k:<20} {v['r2_mean']:8.3f} {v['r2_worst']:9.3f} {v['final_porosity_abs_rel_error_mean']:12.3f} "
+                     f"{v['am_volume_error_max']:11.3f}")
+    if any(s["cd_extrapolated"] for s in r["series"]):
+        lines.append("warning: some CDs are outside the model's trained range (flagged cd_extrapolated)")
+    print_result(r, args.json, "\n".join(lines))
+
+
+def add_cli(subparsers) -> None:
+    from ..rollout import RULES
+
+    p = subparsers.add_parser("train", help="train a frame model on DEM series (checkpoints, resume, early stop)")
+    p.add_argument("series", nargs="+", help="series files with voxel frames (.h5)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, run.json, state.json)")
+    p.add_argument("--model", choices=("calbatch", "paper"), default="calbatch", help="model kind (default calbatch)")
+    p.add_argument("--epochs", type=count(), default=20, help="epochs at most (default 20)")
+    p.add_argument("--batch-size", type=count(), default=2, help="windows per batch (default 2)")
+    p.add_argument("--lr", type=finite(), default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--horizon", type=count(), default=2, help="steps unrolled per window; >1 = pushforward (default 2)")
+    p.add_argument("--crop", type=_crop, default=(32, 32), metavar="CY,CX",
+                   help="random periodic x/y crop for training, or 'none' (default 32,32; paper: whole frames)")
+    p.add_argument("--noise", type=finite("nonnegative"), default=0.01,
+                   help="fraction of input voxels replaced by a z-neighbour's code (default 0.01)")
+    p.add_argument("--vol-weight", type=finite("nonnegative"), default=0.1, help="weight of the phase-volume loss")
+    p.add_argument("--patience", type=count(), default=4, help="epochs without validation gain before stopping")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--test-split", default=None, metavar="SPEC",
+                   help="held-out series: whole electrodes and electrode:CD,CD (default the paper's '4;1:45;2:35;3:25,45')")
+    p.add_argument("--val-fraction", type=finite("nonnegative"), default=0.15,
+                   help="share of the remaining series for validation (default 0.15)")
+    p.add_argument("--max-windows", type=count(), default=None, help="windows per epoch at most")
+    p.add_argument("--max-val-windows", type=count(), default=None, help="validation windows at most")
+    p.add_argument("--channels", type=count(), default=24, help="calbatch: coarse channels (default 24)")
+    p.add_argument("--layers", type=count(), default=4, help="calbatch: coarse 3x3x3 layers (default 4)")
+    p.add_argument("--factor", type=count(2), default=4, help="calbatch: coarse cell size in voxels (default 4)")
+    p.add_argument("--hidden", type=count(0), default=0, help="calbatch: per-voxel correction units (default 0: per cell)")
+    p.add_argument("--max-residual", type=finite(), default=3.0, help="calbatch: largest learned z shift, voxels")
+    p.add_argument("--filters", type=count(), default=16, help="paper: Conv1D filters (paper 256; default 16)")
+    p.add_argument("--dense", type=count(), default=150, help="paper: bottleneck width (default 150)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_train)
+
+    p = subparsers.add_parser("export", help="a trained run -> ONNX with metadata, checked against Keras")
+    p.add_argument("run", help="run folder from `calbatch train`")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--weights", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    p.add_argument("--opset", type=count(17), default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument("--check-grid", type=count(), nargs=3, default=None, metavar=("NZ", "NY", "NX"),
+                   help="grid of the Keras/ONNX check (default the training grid)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_export)
+
+    def rollout_common(q):
+        q.add_argument("--decision", choices=RULES, default="conserve",
+                       help="scores -> phases: argmax, conserve (AM/CBD counts kept) or expected (default conserve)")
+        q.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
+        q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = subparsers.add_parser("rollout", help="free rollout of an ONNX model through the DEM's press schedule")
+    p.add_argument("model", help="ONNX model from `calbatch export`")
+    p.add_argument("start", help="uncalendered volume (.npy, .tif, file.h5:/dataset) or a series file (.h5)")
+    p.add_argument("--cd", type=finite(), required=True, help="compression degree in percent")
+    p.add_argument("--out", required=True, help="series file to write (.h5)")
+    p.add_argument("--start-frames", type=int, choices=(1, 3), default=1,
+                   help="frames of a series to start from (default 1: the uncalendered frame)")
+    p.add_argument("--voxel-size", type=finite(), default=None, help="voxel edge in um (default: the series', else 0.4)")
+    rollout_common(p)
+    p.set_defaults(run=_rollout)
+
+    p = subparsers.add_parser("evaluate", help="free and teacher-forced rollouts against DEM series")
+    p.add_argument("model", help="ONNX model from `calbatch export`")
+    p.add_argument("series", nargs="+", help="DEM series files with voxel frames (.h5)")
+    p.add_argument("--out", default=None, help="folder for evaluation.json")
+    rollout_common(p)
+    p.set_defaults(run=_evaluate)

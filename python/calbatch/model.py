@@ -1,0 +1,282 @@
+"""The frame models, in Keras (TensorFlow backend). Both take the same inputs, so training, export
+and rollout treat them alike:
+
+- ``frames`` uint8 (B, nz, ny, nx, 3): the phase codes (0 pore, 1 CBD, 2 AM, 4 void) of the
+  three past frames, oldest first;
+- ``cond`` float32 (B, 7): the step's conditioning, :data:`calbatch.dataset.COND_NAMES`.
+
+``calbatch`` (:func:`build_calbatch`) outputs per-voxel class scores (unnormalised probabilities)
+over (pore, CBD, AM, void);
+``paper`` (:func:`build_paper`) regresses the codes themselves, as the paper did.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+CLASS_CODES = (0, 1, 2, 4)  # class index -> phase code
+EPS = 1e-4  # the floor of a class's warped share: the correction can still create it
+N_COND = 7
+IDX_CD, IDX_ZCUR, IDX_ZNEXT, IDX_PRESS, IDX_VS = 0, 1, 2, 3, 6
+
+
+def _axis_shape(n, axis: int):
+    return [n if k == axis else 1 for k in range(5)]
+
+
+def upsample_axis(x, f: int, axis: int, size, linear: bool, periodic: bool):
+    """Upsample cell values of (B, z, y, x, C) by ``f`` along ``axis`` to ``size`` voxels, nearest or
+    linear (periodic or clamped), by gathers along the axis: no stacking, tiling or cropping."""
+    n = tf.shape(x)[axis]
+    fine = tf.range(size)
+    if not linear:
+        return tf.gather(x, tf.minimum(fine // f, n - 1), axis=axis)
+    u = (tf.cast(fine, tf.float32) + 0.5) / f - 0.5
+    lo = tf.floor(u)
+    w = tf.reshape(u - lo, _axis_shape(size, axis))
+    i0 = tf.cast(lo, tf.int32)
+    if periodic:
+        i0, i1 = i0 % n, (i0 + 1) % n
+    else:
+        i0, i1 = tf.clip_by_value(i0, 0, n - 1), tf.clip_by_value(i0 + 1, 0, n - 1)
+    x0, x1 = tf.gather(x, i0, axis=axis), tf.gather(x, i1, axis=axis)
+    return x0 + w * (x1 - x0)
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class PeriodicPad(layers.Layer):
+    """Pad (B, z, y, x, C) by ``p``: periodically in y and x, with zeros in z."""
+
+    def __init__(self, p: int = 1, **kw):
+        super().__init__(**kw)
+        self.p = p
+
+    def call(self, x):
+        p = self.p
+        x = tf.concat([x[:, :, -p:], x, x[:, :, :p]], axis=2)
+        x = tf.concat([x[:, :, :, -p:], x, x[:, :, :, :p]], axis=3)
+        return tf.pad(x, [[0, 0], [p, p], [0, 0], [0, 0], [0, 0]])
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p}
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class Encode(layers.Layer):
+    """Phase codes (B, z, y, x, 3) -> the last frame's one-hot (B, z, y, x, 4) over
+    :data:`CLASS_CODES`, and in ``f``-voxel cells (B, z/f, y/f, x/f, 8) the last frame's phase
+    fractions and the AM and void fractions of the two frames before (their motion); z is padded
+    up to a multiple of ``f`` with empty cells after pooling in x and y."""
+
+    def __init__(self, f: int = 4, **kw):
+        super().__init__(**kw)
+        self.f = f
+
+    def call(self, codes):
+        f = self.f
+        # one-hot rows by table look-up (code -> row; an ONNX Gather, cheaper there than Equal+Cast);
+        # the last frame's rows carry EPS for absent classes, so log(scores) stays finite
+        onehot = [[1.0 if CLASS_CODES[k] == c else 0.0 for k in range(4)] for c in range(5)]
+        table = tf.constant(onehot) * (1.0 - EPS) + EPS
+        # the two earlier frames' AM and void by one look-up of the code pair (5 x c0 + c1)
+        past_table = tf.constant([[onehot[a][2], onehot[a][3], onehot[b][2], onehot[b][3]]
+                                  for a in range(5) for b in range(5)])
+        idx = tf.cast(codes, tf.int32)
+        last = tf.gather(table, idx[..., 2])
+        past = tf.gather(past_table, idx[..., 0] * 5 + idx[..., 1])
+        s = tf.shape(codes)
+        pz = (f - s[1] % f) % f
+
+        def pool(x):
+            x = tf.reshape(x, tf.stack([s[0] * s[1], s[2] // f, f, s[3] // f, f, 4]))
+            x = tf.reshape(tf.reduce_mean(x, axis=[2, 4]), tf.stack([s[0], s[1], s[2] // f, s[3] // f, 4]))
+            x = tf.pad(x, tf.stack([[0, 0], [0, pz], [0, 0], [0, 0], [0, 0]]))
+            return tf.reduce_mean(tf.reshape(x, tf.stack([s[0], (s[1] + pz) // f, f, s[2] // f, s[3] // f, 4])), axis=2)
+
+        return last, tf.concat([pool(last), pool(past)], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "f": self.f}
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class Geometry(layers.Layer):
+    """Geometry channels (B, z, 1, 1, 3) of ``stride``-voxel slices: the height over the uncalendered
+    top, and the height less the press's current and target positions (all over h0)."""
+
+    def __init__(self, stride: int = 1, **kw):
+        super().__init__(**kw)
+        self.stride = stride
+
+    def call(self, ref, cond):
+        return self.channels(ref, cond, self.stride)
+
+    @staticmethod
+    def channels(ref, cond, stride: int):
+        iz = tf.cast(tf.range(tf.shape(ref)[1]), tf.float32)
+        zc = (iz + 0.5) * float(stride)  # slice centres in fine-voxel units
+        z = zc[None, :, None, None, None] * cond[:, None, None, None, IDX_VS:IDX_VS + 1]
+        zcur = cond[:, None, None, None, IDX_ZCUR:IDX_ZCUR + 1]
+        znext = cond[:, None, None, None, IDX_ZNEXT:IDX_ZNEXT + 1]
+        return tf.concat([z, z - zcur, z - znext], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class CoarseInput(layers.Layer):
+    """The coarse network's input: phase fractions, conditioning and geometry on the coarse grid."""
+
+    def __init__(self, f: int = 4, **kw):
+        super().__init__(**kw)
+        self.f = f
+
+    def call(self, cells, cond):
+        ones = tf.ones_like(cells[..., :1])
+        geometry = Geometry.channels(cells, cond, self.f)
+        return tf.concat([cells, ones * cond[:, None, None, None, :], ones * geometry], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "f": self.f}
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class Upsample(layers.Layer):
+    """Coarse (B, z/f, y/f, x/f, C) -> the fine grid of ``ref``: ``linear`` (periodic in x and y,
+    clamped in z) or nearest."""
+
+    def __init__(self, f: int = 4, linear: bool = True, **kw):
+        super().__init__(**kw)
+        self.f, self.linear = f, linear
+
+    def call(self, x, ref):
+        s = tf.shape(ref)
+        for axis in (3, 2, 1):
+            x = upsample_axis(x, self.f, axis, s[axis], self.linear, axis != 1)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "f": self.f, "linear": self.linear}
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class PressWarp(layers.Layer):
+    """Move the last frame's one-hot (B, z, y, x, 4) along z by a displacement (voxels): the
+    press-affine squeeze during pressing plus the learned residual, by linear interpolation between
+    the two source slices (two gathers). Returns the warped one-hot and the displacement. Material
+    from below the collector repeats the bottom slice, from above the grid the top slice (void)."""
+
+    def call(self, onehot, residual, cond):
+        s = tf.shape(onehot)
+        nz, ny, nx = s[1], s[2], s[3]
+        iz = tf.cast(tf.range(nz), tf.float32)[None, :, None, None, None]
+        ratio = cond[:, IDX_ZCUR] / cond[:, IDX_ZNEXT]
+        affine = (iz + 0.5) * (1.0 - ratio)[:, None, None, None, None] * cond[:, None, None, None, IDX_PRESS:IDX_PRESS + 1]
+        d = affine + residual
+        top = tf.cast(nz - 1, tf.float32)
+        src = top - tf.nn.relu(top - tf.nn.relu(iz - d))  # out(z) = in(z - d), clamped (Relu: fast in ONNX)
+        z0 = tf.floor(src)
+        w = src - z0
+        z0 = tf.cast(z0[..., 0], tf.int32)
+        z1 = tf.minimum(z0 + 1, nz - 1)
+        flat = tf.reshape(onehot, [-1, 4])
+        b = tf.range(s[0])[:, None, None, None] * (nz * ny * nx)
+        yx = tf.reshape(tf.range(ny * nx), tf.stack([1, 1, ny, nx]))
+        g0 = tf.gather(flat, b + z0 * (ny * nx) + yx)
+        g1 = tf.gather(flat, b + z1 * (ny * nx) + yx)
+        return g0 + w * (g1 - g0), d
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class Scores(layers.Layer):
+    """Class scores (unnormalised probabilities; their log are the logits) = warped x
+    exp(correction), every class but void forbidden (x 1e-13) above the press's target position.
+    Multiplying keeps the exported graph free of a full-grid log and softmax."""
+
+    def call(self, warped, gain, geometry):
+        above = tf.cast(geometry[..., 2:3] > 0.0, tf.float32)  # (B, z, 1, 1, 1)
+        return warped * gain * (1.0 - above * tf.constant([1.0 - 1e-13, 1.0 - 1e-13, 1.0 - 1e-13, 0.0]))
+
+
+def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, hidden: int = 0,
+                   max_residual: float = 3.0) -> keras.Model:
+    """calbatch's frame model (outputs class scores over :data:`CLASS_CODES`, unnormalised
+    probabilities: log(scores) are the logits, :class:`Scores`): a small periodic 3-D CNN
+    on cells of ``factor``^3 voxels sees the three frames' phase fractions, the conditioning and the
+    geometry and predicts (a) a residual displacement along z (at most ``max_residual`` voxels),
+    interpolated linearly to the voxels and added to the press-affine squeeze, which moves the last
+    frame (:class:`PressWarp`); (b) a correction (a gain) of the warped phases: per cell (``hidden``
+    0, the default) or by a per-voxel layer of ``hidden`` units over the warped phases and the cell's
+    features. Full-resolution work is gathers and a few elementwise ops (plus two tiny matrix
+    products with ``hidden``). Any grid whose x and y are multiples of ``factor``."""
+    frames = keras.Input((None, None, None, 3), dtype="uint8", name="frames")
+    cond = keras.Input((N_COND,), name="cond")
+    last, cells = Encode(factor, name="encode")(frames)
+    h = CoarseInput(factor)(cells, cond)
+    for i in range(layers_coarse):
+        h = layers.Conv3D(channels, 3, activation="relu", name=f"coarse{i}")(PeriodicPad(1)(h))
+    residual = layers.Conv3D(1, 1, activation="tanh", kernel_initializer="zeros", name="residual")(h)
+    residual = Upsample(factor, True)(layers.Rescaling(max_residual)(residual), last)
+    warped, _ = PressWarp(name="warp")(last, residual, cond)
+    geometry = Geometry(1)(last, cond)
+    if hidden:
+        hid = layers.Add()([layers.Dense(hidden, name="fine_warped")(warped),
+                            Upsample(factor, False)(layers.Dense(hidden, name="fine_coarse")(h), last),
+                            layers.Dense(hidden, use_bias=False, name="fine_geometry")(geometry)])
+        gain = layers.Dense(4, kernel_initializer="zeros", activation="exponential", name="fine_out")(layers.ReLU()(hid))
+    else:
+        gain = layers.Conv3D(4, 1, kernel_initializer="zeros", activation="exponential", name="cell_correction")(h)
+        gain = Upsample(factor, False)(gain, last)
+    scores = Scores(name="scores")(warped, gain, geometry)
+    return keras.Model([frames, cond], scores, name="calbatch")
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class ToFloat(layers.Layer):
+    def call(self, x):
+        return tf.cast(x, tf.float32)
+
+
+def build_paper(grid: tuple[int, int, int], filters: int = 16, dense: int = 150, dropout: float = 0.2) -> keras.Model:
+    """The paper's Model D on a fixed ``grid`` (nz, ny, nx): the three frames as a length-3 sequence
+    whose channels are the voxels; 3 x [Conv1D(filters, 3, same) + batch norm + ReLU + max-pool(1)],
+    dropout 0.2 on the third, flatten, Dense(dense, ReLU) and a linear Dense over every voxel; MSE on
+    the raw codes, Adam. Deviations, for this machine and our data:
+
+    - ``filters`` 16 instead of 256 (the first convolution alone has 3 x voxels x filters weights:
+      554 M at 256 on 76x76x125, about 6.6 GB with Adam's state; 16 gives 35 M);
+    - the CD enters by concatenation to the flattened features (its placement is not stated);
+    - inputs and outputs use the same (B, nz, ny, nx, 3) / (B, nz, ny, nx) layout as calbatch's model;
+      the other conditioning (press positions, stage) is ignored, as the paper had none;
+    - ReLU after each batch norm (the paper names ReLU without its position).
+    """
+    nz, ny, nx = (int(n) for n in grid)
+    nvox = nz * ny * nx
+    frames = keras.Input((nz, ny, nx, 3), dtype="uint8", name="frames")
+    cond = keras.Input((N_COND,), name="cond")
+    x = layers.Permute((2, 1))(layers.Reshape((nvox, 3))(ToFloat()(frames)))  # (B, 3, voxels)
+    for i in range(3):
+        x = layers.Conv1D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = layers.ReLU()(layers.BatchNormalization(name=f"bn{i}")(x))
+        x = layers.MaxPooling1D(1)(x)
+        if i == 2:
+            x = layers.Dropout(dropout)(x)
+    x = layers.Concatenate()([layers.Flatten()(x), cond[:, IDX_CD:IDX_CD + 1]])
+    x = layers.Dense(dense, activation="relu", name="dense0")(x)
+    x = layers.Dense(nvox, name="dense1")(x)
+    codes = layers.Reshape((nz, ny, nx), name="codes")(x)
+    return keras.Model([frames, cond], codes, name="paper")
+
+
+def build(kind: str, **config) -> keras.Model:
+    """A model by kind (``calbatch`` or ``paper``) and its hyper-parameters."""
+    from .errors import CalbatchError
+
+    if kind == "calbatch":
+        return build_calbatch(**config)
+    if kind == "paper":
+        return build_paper(**config)
+    raise CalbatchError(f"--model: unknown kind {kind!r} (calbatch or paper)")

@@ -1,0 +1,225 @@
+"""Free rollout of an exported frame model (ONNX Runtime, CPU): from an uncalendered volume (or the
+first three frames of a series) through the DEM's press schedule for a CD, each step fed the
+model's own previous frames; written in the DEM series format. A plain Python loop, the reference
+the engine must match bit for bit.
+
+Decision rules (:func:`decide`) turn the model's class scores into codes; all end with the
+voxelizer's void rule (slices above the highest solid voxel are void, every other non-solid voxel
+pore), so void is only ever above the electrode:
+
+- ``argmax``: the most probable class per voxel;
+- ``conserve``: the AM and CBD voxel counts of the previous frame are kept, given to the voxels most
+  probably AM (then CBD) -- per-step erosion cannot remove material;
+- ``expected``: as ``conserve`` with the counts the model expects (the sum of its probabilities).
+Ties are broken by voxel index, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import conditioning, past_indices
+from .errors import CalbatchError
+from .export import load_onnx
+from .schedule import press_schedule
+from .volume import AM, CBD, PORE, VOID, validate
+
+RULES = ("argmax", "conserve", "expected")
+CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
+
+
+class ExtrapolationWarning(UserWarning):
+    """A rollout at a CD outside the range the model was trained on."""
+
+
+def _top_k(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
+    """Boolean mask of the ``k`` highest ``score`` among ``allowed`` (flat), ties by index."""
+    idx = np.flatnonzero(allowed)
+    k = int(min(max(k, 0), idx.size))
+    out = np.zeros(score.size, dtype=bool)
+    if k == 0:
+        return out
+    s = score[idx]
+    thr = np.partition(s, s.size - k)[s.size - k]
+    above = s > thr
+    ties = np.flatnonzero(s == thr)[:k - int(above.sum())]
+    out[idx[above]] = True
+    out[idx[ties]] = True
+    return out
+
+
+def void_rule(codes: np.ndarray) -> np.ndarray:
+    """The voxelizer's definition: above the highest slice holding a solid voxel void, elsewhere
+    every non-solid voxel pore."""
+    solid = (codes == AM) | (codes == CBD)
+    rows = np.flatnonzero(solid.any(axis=(1, 2)))
+    top = rows[-1] if rows.size else -1
+    out = np.where(solid, codes, PORE).astype(np.uint8)
+    out[top + 1:] = VOID
+    return out
+
+
+def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve") -> np.ndarray:
+    """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule`` (see the module)."""
+    if rule not in RULES:
+        raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
+    scores = np.asarray(scores, dtype=np.float64)
+    if rule == "argmax":
+        return void_rule(CLASS_CODES[np.argmax(scores, axis=-1)])
+    probs = scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-300)
+    flat = probs.reshape(-1, 4)
+    if rule == "conserve":
+        n_am, n_cbd = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
+    else:
+        n_am, n_cbd = int(round(flat[:, 2].sum())), int(round(flat[:, 1].sum()))
+    # voxels the model forbids solids in (above the press) stay out of the ranking
+    allowed = flat[:, :3].max(axis=1) > 1e-9
+    am = _top_k(flat[:, 2], n_am, allowed)
+    cbd = _top_k(flat[:, 1], n_cbd, allowed & ~am)
+    codes = np.full(flat.shape[0], PORE, dtype=np.uint8)
+    codes[am], codes[cbd] = AM, CBD
+    return void_rule(codes.reshape(scores.shape[:3]))
+
+
+def _meta_list(meta: dict, key: str, path) -> list:
+    try:
+        return json.loads(meta[key])
+    except (KeyError, ValueError):
+        raise CalbatchError(f"{path}: model metadata {key!r} missing or unreadable") from None
+
+
+def check_input(meta: dict, path, shape, voxel_size: float, h0: float) -> None:
+    """Refuse a grid or voxel size the model cannot take (one line naming the value)."""
+    vs_model = float(meta.get("voxel_size_um", "nan"))
+    if not abs(voxel_size - vs_model) <= 1e-6 * vs_model:
+        raise CalbatchError(f"voxel size {voxel_size:g} um: the model {path} was trained at {vs_model:g} um")
+    grid = _meta_list(meta, "grid_zyx", path)
+    nz, ny, nx = shape
+    if json.loads(meta.get("fixed_grid", "false")) and list(shape) != list(grid):
+        raise CalbatchError(f"grid {list(shape)}: the model {path} takes only its training grid {grid} (z, y, x)")
+    m = int(meta.get("grid_multiple_xy", "1"))
+    if ny % m or nx % m or min(ny, nx) < 2 * m or nz < 2 * m:
+        raise CalbatchError(f"grid {list(shape)}: the model {path} needs x and y multiples of {m} "
+                            f"(and every side at least {2 * m})")
+    if nz * voxel_size < h0:
+        raise CalbatchError(f"grid {list(shape)}: {nz} slices x {voxel_size:g} um hold less than the "
+                            f"electrode's {h0:.2f} um")
+
+
+def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: float | None = None,
+            speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
+            rule: str = "conserve", threads: int | None = None, attrs: dict | None = None,
+            progress: bool | None = None) -> dict:
+    """Roll ``model`` out from ``start`` (one volume (nz, ny, nx) or the first three frames
+    (3, nz, ny, nx)) to ``cd`` percent; returns a series dict (:func:`calbatch.series.read_series`'s
+    keys). ``h0`` defaults to the top of the first frame's highest solid voxel; the schedule's speed,
+    frame interval and time step default to the model's training data."""
+    from tqdm import tqdm
+
+    sess, meta = load_onnx(Path(model), threads)
+    start = np.asarray(start)
+    given = start[None] if start.ndim == 3 else start
+    if given.ndim != 4 or given.shape[0] not in (1, 3):
+        raise CalbatchError(f"start: expected one volume (nz, ny, nx) or 3 frames, got shape {start.shape}")
+    given = np.stack([validate(given[k], f"start frame {k}") for k in range(given.shape[0])])
+    if h0 is None:
+        rows = np.flatnonzero(((given[0] == AM) | (given[0] == CBD)).any(axis=(1, 2)))
+        if not rows.size:
+            raise CalbatchError("start: the first frame holds no solid voxel")
+        h0 = (rows[-1] + 1) * voxel_size
+    check_input(meta, model, given.shape[1:], voxel_size, h0)
+    lo, hi = _meta_list(meta, "cd_range_percent", model)
+    extrapolated = not lo - 1e-9 <= cd <= hi + 1e-9
+    if extrapolated:
+        warnings.warn(f"CD {cd:g} % is outside the model's trained range {lo:g}-{hi:g} %: an extrapolation",
+                      ExtrapolationWarning, stacklevel=2)
+    sched_meta = json.loads(meta.get("schedule", "{}") or "{}")
+    speed = speed if speed is not None else sched_meta.get("press_speed_m_s", 0.05)
+    frame_interval_us = frame_interval_us if frame_interval_us is not None else sched_meta.get("frame_interval_us")
+    dt = dt if dt is not None else sched_meta.get("timestep_us")
+    sched = press_schedule(cd, h0, speed, frame_interval_us, dt)
+    n = sched["n_frames"]
+    if given.shape[0] > n:
+        raise CalbatchError(f"start: {given.shape[0]} frames given, the schedule has only {n}")
+    frames = np.empty((n, *given.shape[1:]), dtype=np.uint8)
+    frames[:given.shape[0]] = given
+    wall = np.zeros(n)
+    pz, stages = sched["press_z_um"], sched["phase"]
+    show = sys.stderr.isatty() if progress is None else progress
+    for t in tqdm(range(given.shape[0] - 1, n - 1), desc=f"rollout CD {cd:g}", unit="frame", file=sys.stderr,
+                  disable=not show, leave=False):
+        t0 = time.perf_counter()
+        x = np.ascontiguousarray(np.moveaxis(frames[past_indices(t)], 0, -1))[None]
+        c = conditioning(cd, h0, voxel_size, pz[t], pz[t + 1], stages[t + 1])[None]
+        out = sess.run(None, {"frames": x, "cond": c})[0][0]
+        if meta.get("kind") == "paper":  # regressed codes: the nearest valid code, then the void rule
+            frames[t + 1] = void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
+        else:
+            frames[t + 1] = decide(out, frames[t], rule)
+        wall[t + 1] = time.perf_counter() - t0
+    nz, ny, nx = frames.shape[1:]
+    a = dict(attrs or {})
+    a.update({"cd_percent": float(cd), "uncalendered_top_um": float(h0), "press_lowest_um": float(sched["press_lowest_um"]),
+              "press_speed_m_s": float(speed), "release_speed_m_s": 2 * float(speed),
+              "frame_interval_us": float(sched["frame_steps"] * sched["dt"]), "timestep_us": float(sched["dt"]),
+              "voxel_size_um": float(voxel_size), "box_um": [nx * voxel_size, ny * voxel_size],
+              "source": "calbatch rollout", "model_file": Path(model).name, "model_kind": meta.get("kind", ""),
+              "model_calbatch_version": meta.get("calbatch_version", ""), "decision_rule": rule,
+              "start_frames": int(given.shape[0]), "cd_extrapolated": bool(extrapolated)})
+    a.setdefault("microstructure_id", -1)
+    return {"frames": frames, "time_us": sched["time_us"], "press_z_um": pz, "phase": stages, "wall_time_s": wall,
+            "positions": np.zeros((n, 0, 3), np.float32), "radii": np.zeros(0, np.float32),
+            "phases": np.zeros(0, np.uint8), "attrs": a}
+
+
+def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: int = 1, rule: str = "conserve",
+                 voxel_size: float | None = None, threads: int | None = None, progress: bool | None = None) -> dict:
+    """Roll out from a series file (its first ``start_frames`` frames, its top and schedule) or a
+    volume file, write the series to ``out``; returns a summary."""
+    from .series import FORMULATION_ATTRS, write_series
+    from .volume import DEFAULT_VOXEL_SIZE_UM, read_volume
+
+    if start_frames not in (1, 3):
+        raise CalbatchError(f"--start-frames: 1 or 3, got {start_frames}")
+    start = Path(start)
+    kw: dict = {}
+    if start.suffix == ".h5" and ":" not in str(start):
+        import h5py
+
+        from .series import read_series
+
+        s = read_series(start, frames=False)
+        with h5py.File(start, "r") as f:
+            if "frames" not in f:
+                raise CalbatchError(f"{start}: no voxel frames (/frames); run `calbatch dem revoxelize` on it first")
+            vol = f["frames"][:start_frames]
+        a = s["attrs"]
+        voxel_size = float(a["voxel_size_um"]) if voxel_size is None else voxel_size
+        kw = {"h0": float(a["uncalendered_top_um"]), "speed": float(a["press_speed_m_s"]),
+              "frame_interval_us": float(a["frame_interval_us"]), "dt": float(a["timestep_us"]) if "timestep_us" in a else None,
+              "attrs": {"microstructure_id": int(a.get("microstructure_id", -1)), "start_file": start.name,
+                        **{k: a[k] for k in FORMULATION_ATTRS if k in a}}}
+    else:
+        if start_frames != 1:
+            raise CalbatchError(f"--start-frames 3 needs a series file, got the volume {start}")
+        vol = read_volume(start)[None]
+        kw = {"attrs": {"start_file": start.name}}
+    voxel_size = DEFAULT_VOXEL_SIZE_UM if voxel_size is None else voxel_size
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExtrapolationWarning)
+        series = rollout(Path(model), vol if start_frames == 3 else vol[0], cd, voxel_size, rule=rule, threads=threads,
+                         progress=progress, **kw)
+    for w in caught:
+        sys.stderr.write(f"calbatch rollout: warning: {w.message}\n")
+    write_series(Path(out), series)
+    steps = series["wall_time_s"][start_frames:]
+    return {"out": str(out), "frames": int(len(series["frames"])), "cd_percent": float(cd),
+            "cd_extrapolated": series["attrs"]["cd_extrapolated"], "decision_rule": rule,
+            "seconds_per_step": float(np.mean(steps)) if steps.size else 0.0,
+            "warnings": [str(w.message) for w in caught]}
