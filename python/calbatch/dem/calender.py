@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CalbatchError
+from ..schedule import press_schedule
 from ..series import FORMULATION_ATTRS, read_pack, read_series, write_series
 from ..volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM
 from ..voxelize import grid_shape, voxelize_spheres
 from .runner import liggghts_number, liggghts_script, liggghts_version, read_dump, run_liggghts, timestep, write_data_file
-from .settings import AM_DENSITY, CONTACT_MODEL, DEFAULT_SPEED, FRAME_TRAVEL_UM, RELAX_FRAMES, RELEASE_FACTOR
+from .settings import AM_DENSITY, CONTACT_MODEL, DEFAULT_SPEED
 
 
 def _press_stl(path: Path, box_xy) -> None:
@@ -44,8 +45,7 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
         raise CalbatchError(f"--cd: must be between 0 and 90 percent, got {cd:g}")
     if not speed > 0:
         raise CalbatchError(f"--speed: must be positive, got {speed:g}")
-    frame_interval_us = FRAME_TRAVEL_UM / speed if frame_interval_us is None else frame_interval_us
-    if not frame_interval_us > 0:
+    if frame_interval_us is not None and not frame_interval_us > 0:
         raise CalbatchError(f"--frame-interval: must be positive, got {frame_interval_us:g}")
     out = Path(out)
     packed = read_pack(Path(pack_file))
@@ -56,13 +56,10 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
     h0 = float(attrs["top_um"])  # the press starts touching the highest particle
     shape = grid_shape(box_xy, voxel_size, nz, h0, 2 * radii.max())
     dt = timestep(radii, dt)
-    travel = cd / 100 * h0
-    frame_steps = max(1, int(round(frame_interval_us / dt)))
-    press_steps = int(round(travel / speed / dt))
-    release_steps = int(round(RELEASE_FACTOR * travel / (2 * speed) / dt))
-    # Relaxation: up to the next frame boundary, then RELAX_FRAMES more frames.
-    total = -(-(press_steps + release_steps) // frame_steps) * frame_steps + RELAX_FRAMES * frame_steps
-    n_frames = total // frame_steps + 1
+    plan = press_schedule(cd, h0, speed, frame_interval_us, dt)  # the frames a rollout will follow too
+    n_frames, frame_steps = plan["n_frames"], plan["frame_steps"]
+    press_steps, release_steps = plan["press_steps"], plan["release_steps"]
+    total = (n_frames - 1) * frame_steps
 
     run_dir = out.with_suffix(".liggghts")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -87,7 +84,6 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
     run_liggghts(run_dir, script, nprocs, on_poll=poll)
     bar.close()
     dumps = sorted((run_dir / "frames").glob("frame.*.txt"), key=lambda p: int(p.name.split(".")[1]))
-    steps = np.array([int(p.name.split(".")[1]) for p in dumps])
     if len(dumps) != n_frames:
         raise CalbatchError(f"LIGGGHTS wrote {len(dumps)} of {n_frames} frames; see its log {run_dir / 'log.liggghts'}")
     stamps = np.array([start] + [p.stat().st_mtime for p in dumps])
@@ -95,19 +91,15 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
     frames_xyz = np.stack([read_dump(p) for p in dumps]).astype(np.float32)
     radii = radii.astype(np.float32)
 
-    time_us = steps * dt
-    release_start = press_steps * dt
-    press_z = np.where(time_us <= release_start, h0 - speed * time_us,
-                       np.minimum(h0 - travel + 2 * speed * (time_us - release_start), h0 - travel + RELEASE_FACTOR * travel))
-    phase = np.where(steps <= press_steps, "press", np.where(steps <= press_steps + release_steps, "release", "relax"))
     series = {
-        "time_us": time_us, "press_z_um": press_z, "phase": phase, "wall_time_s": np.diff(stamps),
+        "time_us": plan["time_us"], "press_z_um": plan["press_z_um"], "phase": plan["phase"],
+        "wall_time_s": np.diff(stamps),
         "positions": frames_xyz, "radii": radii, "phases": phases,
         "attrs": {
             "cd_percent": float(cd),
             "microstructure_id": int(attrs["microstructure_id"]), "seed": int(attrs["seed"]),
             "box_um": list(box_xy), "voxel_size_um": voxel_size, "uncalendered_top_um": h0,
-            "press_lowest_um": h0 - travel, "press_speed_m_s": speed, "release_speed_m_s": 2 * speed,
+            "press_lowest_um": plan["press_lowest_um"], "press_speed_m_s": speed, "release_speed_m_s": 2 * speed,
             "frame_interval_us": frame_steps * dt, "timestep_us": dt,
             "contact_model": CONTACT_MODEL, "contact_parameters": json.dumps(contact),
             "liggghts_version": liggghts_version(), "dem_wall_time_s": float(stamps[-1] - stamps[0]),

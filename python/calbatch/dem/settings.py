@@ -78,10 +78,8 @@ DT_PER_UM = 2.5e-4  # time step in us per um of the smallest diameter (halving i
 PACK = {"box_height_factor": 3.3, "gravity_um_us2": 0.02, "fall_us": 150.0, "quench_us": 50.0,
         "quench_damping": 50.0, "friction": 0.1, "cohesion_factor": 0.45}
 DEFAULT_SPEED = 0.05  # press speed in m/s (= um/us); 0.1 left 1.2 % more thickness (docs/dem.md)
-FRAME_TRAVEL_UM = 1.0  # default frame interval: the time the press needs for 1 um (20 us at 0.05 m/s)
-RELEASE_FACTOR = 0.6  # the press retracts by 0.6 x its travel at twice its speed ...
-RELAX_FRAMES = 2  # ... then stays away for two frames
-PHASES = ("press", "release", "relax")
+# The press schedule (release by 0.6 x the travel at twice the speed, two relaxation frames, one
+# frame per 1 um of travel) is calbatch.schedule's, shared with the model's rollouts.
 
 DEFAULT_CDS = (20, 25, 30, 35, 40, 45, 50)  # the paper's grid
 RANDOM_CD_RANGE = (20.0, 50.0)  # where the dataset's further electrodes draw their CDs
