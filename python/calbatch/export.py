@@ -64,7 +64,9 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
     frames, cond = random_input(tuple(check_grid or run["grid_zyx"]), float(run["voxel_size_um"]), seed)
     keras_out = model([frames, cond], training=False).numpy()
     onnx_out = load_onnx(out)[0].run(None, {"frames": frames, "cond": cond})[0]
-    return {"out": str(out), "opset": opset, "max_abs_diff": float(np.max(np.abs(keras_out - onnx_out))),
+    diff = float(np.max(np.abs(keras_out - onnx_out)))
+    return {"out": str(out), "opset": opset, "max_abs_diff": diff,
+            "max_rel_diff": diff / max(float(np.max(np.abs(keras_out))), 1e-30),
             "check_grid_zyx": list(check_grid or run["grid_zyx"]), "bytes": out.stat().st_size}
 
 

@@ -55,7 +55,7 @@ def _export(args) -> None:
     from ..export import export
     from ..train import load_trained
 
-    model, run = load_trained(Path(args.run), args.weights)
+    model, run = load_trained(Path(args.run_dir), args.weights)
     r = export(model, run, Path(args.out), opset=args.opset, check_grid=args.check_grid)
     print_result(r, args.json, f"{r['out']}  opset {r['opset']}  {r['bytes']:,d} bytes  "
                                f"max |ONNX - Keras| {r['max_abs_diff']:.2e} on {r['check_grid_zyx']}")
@@ -125,7 +125,7 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run=_train)
 
     p = subparsers.add_parser("export", help="a trained run -> ONNX with metadata, checked against Keras")
-    p.add_argument("run", help="run folder from `calbatch train`")
+    p.add_argument("run_dir", metavar="RUN", help="run folder from `calbatch train`")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--weights", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     p.add_argument("--opset", type=count(17), default=17, help="ONNX opset, 17 or newer (default 17)")
