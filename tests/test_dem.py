@@ -136,6 +136,14 @@ def test_dataset_resumes_without_recomputing(tiny, tmp_path):
     proc = run_cli(*args)
     assert proc.returncode == 0 and series.stat().st_mtime_ns == stamp
     assert not (out / "dataset.pgid").exists()
+    # the dataset's summary from its particle files alone gives the series' own numbers
+    made = json.loads(proc.stdout)["series"][0]
+    summary = run_cli("dem", "summary", out, "--json")
+    assert summary.returncode == 0, summary.stderr
+    row = json.loads(summary.stdout)["series"][0]
+    for key in ("porosity_before", "porosity_after", "spring_back_percent", "cbd_share_of_solid_after"):
+        assert row[key] == pytest.approx(made[key]), key
+    assert "| 30 | 1 |" in run_cli("dem", "summary", out, "--markdown").stdout
     # a resumed dataset must ask for the same plan and settings
     proc = run_cli("dem", "dataset", "--out", out, "--n", "1", "--n-random", "0", "--cd", "35", "--workers", "1", *GRID)
     assert_one_line_error(proc, "dataset.json", "other settings", "plan")

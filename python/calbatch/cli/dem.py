@@ -1,4 +1,4 @@
-"""``calbatch dem pack | calender | dataset | revoxelize | plot``: the DEM stage's command line.
+"""``calbatch dem pack | calender | dataset | revoxelize | summary | plot``: the DEM stage's command line.
 Flag names follow the API's keyword names (``--n-am`` is ``n_am``, ``--nprocs`` is ``nprocs``)."""
 
 from __future__ import annotations
@@ -95,6 +95,12 @@ def add_cli(subparsers) -> None:
     _json(q)
     q.set_defaults(run=_revoxelize)
 
+    q = sub.add_parser("summary", help="a dataset's results per CD (porosity, spring-back, contacts, cost)")
+    q.add_argument("folder", help="dataset folder (holding particles/*.h5)")
+    q.add_argument("--markdown", action="store_true", help="a markdown table per CD instead of one row per series")
+    _json(q)
+    q.set_defaults(run=_summary)
+
     q = sub.add_parser("plot", help="PNG plots of one series (a series or particle file)")
     q.add_argument("series", help="series or particle file (.h5)")
     q.add_argument("--out", required=True, help="folder for the PNGs")
@@ -144,3 +150,8 @@ def _revoxelize(args) -> None:
 def _plot(args) -> None:
     paths = dem.plot(Path(args.series), Path(args.out))
     print_result({"plots": paths}, args.json, "\n".join(paths))
+
+
+def _summary(args) -> None:
+    rows = dem.summarize_dataset(Path(args.folder))
+    print_result({"series": rows}, args.json, dem.cd_table(rows) if args.markdown else dem.format_table(rows))

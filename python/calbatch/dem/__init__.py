@@ -9,11 +9,12 @@ points, one per verb of ``calbatch dem``, are re-exported here.
 
 from ..series import read_pack, read_series, write_series
 from .calender import calender, revoxelize, summarize
-from .dataset import cd_label, dataset, dataset_plan, format_table
+from .dataset import cd_label, cd_table, dataset, dataset_plan, format_table, summarize_dataset
 from .pack import initial_placement, pack
 from .plots import plot
 from .settings import cbd_density, cbd_volume_fraction
 
-__all__ = ["calender", "cbd_density", "cbd_volume_fraction", "cd_label", "dataset", "dataset_plan", "format_table",
+__all__ = ["calender", "cbd_density", "cbd_volume_fraction", "cd_label", "cd_table", "dataset", "dataset_plan",
+           "format_table", "summarize_dataset",
            "initial_placement", "pack", "plot", "read_pack", "read_series", "revoxelize", "summarize",
            "write_series"]

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import CalbatchError
 from ..series import read_series
 from ..volume import DEFAULT_VOXEL_SIZE_UM
-from .calender import calender, revoxelize, summarize
+from .calender import calender, revoxelize, summarize, voxel_frames
 from .pack import pack
 from .runner import liggghts_command
 from .settings import DEFAULT_CDS, RANDOM_CD_RANGE
@@ -146,4 +146,42 @@ def format_table(rows: list[dict]) -> str:
         f"{Path(r['series']).name:<28} {r['cd_percent']:>4g} {r['frames']:>6} {r['porosity_before']:>6.3f} "
         f"{r['porosity_after']:>6.3f} {r['spring_back_percent']:>7.2f} {r['dem_wall_time_per_press_frame_s']:>7.2f}"
         for r in rows]
+    return "\n".join(lines)
+
+
+def summarize_dataset(out_dir: Path) -> list[dict]:
+    """:func:`summarize` for every finished series of a dataset folder, from its particle files
+    (only the first and last frames are voxelized), ordered by electrode and CD."""
+    files = sorted((Path(out_dir) / "particles").glob("*.h5"))
+    if not files:
+        raise CalbatchError(f"{out_dir}: no particle files in {Path(out_dir) / 'particles'}")
+    rows = []
+    for path in files:
+        series = read_series(path, frames=False)
+        ends = {**series, "positions": series["positions"][[0, -1]]}
+        series["frames"] = voxel_frames(ends)[0]
+        rows.append(summarize(series, str(path)))
+    return sorted(rows, key=lambda r: (r["microstructure_id"], r["cd_percent"]))
+
+
+def cd_table(rows: list[dict]) -> str:
+    """A markdown table of a dataset's results, one row per CD: means over the electrodes that ran
+    it (range of porosity after in brackets); contact areas of the final frame in um^2."""
+    lines = ["| CD % | series | porosity before -> after | porosity_all before -> after | spring-back % | "
+             "thickness after (um) | CBD share of solid | AM-CBD | pore-AM | pore-CBD | DEM s a press frame |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cd in sorted({r["cd_percent"] for r in rows}):
+        group = [r for r in rows if r["cd_percent"] == cd]
+
+        def mean(key, sub=None, group=group):
+            return float(np.mean([r[key][sub] if sub else r[key] for r in group]))
+
+        after = [r["porosity_after"] for r in group]
+        spread = f" ({min(after):.3f}-{max(after):.3f})" if len(group) > 1 else ""
+        lines.append(
+            f"| {cd:g} | {len(group)} | {mean('porosity_before'):.3f} -> {mean('porosity_after'):.3f}{spread} | "
+            f"{mean('porosity_all_before'):.3f} -> {mean('porosity_all_after'):.3f} | {mean('spring_back_percent'):.1f} | "
+            f"{mean('thickness_after_um'):.1f} | {mean('cbd_share_of_solid_after'):.3f} | "
+            f"{mean('contact_area_after_um2', 'AM-CBD'):.0f} | {mean('contact_area_after_um2', 'pore-AM'):.0f} | "
+            f"{mean('contact_area_after_um2', 'pore-CBD'):.0f} | {mean('dem_wall_time_per_press_frame_s'):.1f} |")
     return "\n".join(lines)
