@@ -165,17 +165,22 @@ class Upsample(layers.Layer):
 @keras.saving.register_keras_serializable("calbatch")
 class PressWarp(layers.Layer):
     """Move the last frame's one-hot (B, z, y, x, 4) along z by a displacement (voxels): the
-    press-affine squeeze during pressing plus the learned residual, by linear interpolation between
+    press-affine motion (the squeeze that keeps the collector fixed and moves the top with the
+    press) times a gate -- 1 while pressing, the learned share the material follows the retracting
+    press (spring-back) otherwise -- plus the learned residual, by linear interpolation between
     the two source slices (two gathers). Returns the warped one-hot and the displacement. Material
     from below the collector repeats the bottom slice, from above the grid the top slice (void)."""
 
-    def call(self, onehot, residual, cond):
+    def call(self, onehot, motion, cond):
+        """``motion`` (B, z, y, x, 2): the learned residual (voxels) and the follow share in [0, 1]."""
+        residual, follow = motion[..., 0:1], motion[..., 1:2]
         s = tf.shape(onehot)
         nz, ny, nx = s[1], s[2], s[3]
         iz = tf.cast(tf.range(nz), tf.float32)[None, :, None, None, None]
         ratio = cond[:, IDX_ZCUR] / cond[:, IDX_ZNEXT]
-        affine = (iz + 0.5) * (1.0 - ratio)[:, None, None, None, None] * cond[:, None, None, None, IDX_PRESS:IDX_PRESS + 1]
-        d = affine + residual
+        press = cond[:, None, None, None, IDX_PRESS:IDX_PRESS + 1]
+        affine = (iz + 0.5) * (1.0 - ratio)[:, None, None, None, None]
+        d = affine * (press + (1.0 - press) * follow) + residual
         top = tf.cast(nz - 1, tf.float32)
         src = top - tf.nn.relu(top - tf.nn.relu(iz - d))  # out(z) = in(z - d), clamped (Relu: fast in ONNX)
         z0 = tf.floor(src)
@@ -202,13 +207,14 @@ class Scores(layers.Layer):
 
 
 def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, hidden: int = 0,
-                   max_residual: float = 3.0) -> keras.Model:
+                   max_residual: float = 4.0) -> keras.Model:
     """calbatch's frame model (outputs class scores over :data:`CLASS_CODES`, unnormalised
     probabilities: log(scores) are the logits, :class:`Scores`): a small periodic 3-D CNN
     on cells of ``factor``^3 voxels sees the three frames' phase fractions, the conditioning and the
-    geometry and predicts (a) a residual displacement along z (at most ``max_residual`` voxels),
-    interpolated linearly to the voxels and added to the press-affine squeeze, which moves the last
-    frame (:class:`PressWarp`); (b) a correction (a gain) of the warped phases: per cell (``hidden``
+    geometry and predicts (a) the motion along z: the share of the press's affine motion the
+    material follows after the press lifts (spring-back; 1 while pressing) and a residual
+    displacement (at most ``max_residual`` voxels), interpolated linearly to the voxels, which move
+    the last frame (:class:`PressWarp`); (b) a correction (a gain) of the warped phases: per cell (``hidden``
     0, the default) or by a per-voxel layer of ``hidden`` units over the warped phases and the cell's
     features. Full-resolution work is gathers and a few elementwise ops (plus two tiny matrix
     products with ``hidden``). Any grid whose x and y are multiples of ``factor``."""
@@ -219,8 +225,10 @@ def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, 
     for i in range(layers_coarse):
         h = layers.Conv3D(channels, 3, activation="relu", name=f"coarse{i}")(PeriodicPad(1)(h))
     residual = layers.Conv3D(1, 1, activation="tanh", kernel_initializer="zeros", name="residual")(h)
-    residual = Upsample(factor, True)(layers.Rescaling(max_residual)(residual), last)
-    warped, _ = PressWarp(name="warp")(last, residual, cond)
+    follow = layers.Conv3D(1, 1, activation="sigmoid", kernel_initializer="zeros",
+                           bias_initializer=keras.initializers.Constant(-2.0), name="follow")(h)
+    motion = layers.Concatenate()([layers.Rescaling(max_residual)(residual), follow])
+    warped, _ = PressWarp(name="warp")(last, Upsample(factor, True)(motion, last), cond)
     geometry = Geometry(1)(last, cond)
     if hidden:
         hid = layers.Add()([layers.Dense(hidden, name="fine_warped")(warped),

@@ -118,7 +118,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--layers", type=count(), default=4, help="calbatch: coarse 3x3x3 layers (default 4)")
     p.add_argument("--factor", type=count(2), default=4, help="calbatch: coarse cell size in voxels (default 4)")
     p.add_argument("--hidden", type=count(0), default=0, help="calbatch: per-voxel correction units (default 0: per cell)")
-    p.add_argument("--max-residual", type=finite(), default=3.0, help="calbatch: largest learned z shift, voxels")
+    p.add_argument("--max-residual", type=finite(), default=4.0, help="calbatch: largest learned z shift per step, voxels (default 4)")
     p.add_argument("--filters", type=count(), default=16, help="paper: Conv1D filters (paper 256; default 16)")
     p.add_argument("--dense", type=count(), default=150, help="paper: bottleneck width (default 150)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
