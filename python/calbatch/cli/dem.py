@@ -47,7 +47,7 @@ def _pack_options(q) -> None:
     q.add_argument("--size-scale", type=finite(), default=1.0, help="scale all diameters (small test systems)")
     q.add_argument("--mass-ratio", type=_mass_ratio, default=DEFAULT_MASS_RATIO, metavar="AM:CBD",
                    help="AM:CBD mass ratio (default 96:4)")
-    q.add_argument("--nanoporosity", type=finite("nonnegative"), default=DEFAULT_NANOPOROSITY,
+    q.add_argument("--nanoporosity", type=finite("fraction"), default=DEFAULT_NANOPOROSITY,
                    help="nanopore fraction of the CBD domain (default 0.5)")
     q.add_argument("--cbd-diameter", type=finite(), default=CBD_DIAMETER_UM,
                    help=f"CBD sphere diameter in um (default {CBD_DIAMETER_UM:g})")

@@ -65,7 +65,8 @@ def stdout_to_stderr():
 
 
 def finite(kind: str = "positive"):
-    """An argparse type for a finite float that is ``positive``, ``nonnegative`` or ``any``."""
+    """An argparse type for a finite float that is ``positive``, ``nonnegative``, a ``fraction``
+    in [0, 1) or ``any``."""
 
     def parse(text: str) -> float:
         try:
@@ -78,6 +79,8 @@ def finite(kind: str = "positive"):
             raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
         if kind == "nonnegative" and value < 0:
             raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+        if kind == "fraction" and not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
         return value
 
     parse.__name__ = f"{kind} number"

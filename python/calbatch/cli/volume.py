@@ -10,10 +10,6 @@ def _metrics(args) -> None:
     from ..metrics import format_table, measure
     from ..volume import read_volume
 
-    if not 0 <= args.nanoporosity < 1:
-        from ..errors import CalbatchError
-
-        raise CalbatchError(f"--nanoporosity: must be in [0, 1), got {args.nanoporosity:g}")
     volume = read_volume(args.volume)
     result = {"volume": args.volume, **measure(volume, args.voxel_size, args.nanoporosity)}
     print_result(result, args.json, f"volume                 {args.volume}\n" + format_table(result))
@@ -28,7 +24,7 @@ def _demo(args) -> None:
 
 def _common(p) -> None:
     p.add_argument("--voxel-size", type=finite(), default=DEFAULT_VOXEL_SIZE_UM, help="voxel edge in um (default 0.4)")
-    p.add_argument("--nanoporosity", type=finite("nonnegative"), default=DEFAULT_NANOPOROSITY,
+    p.add_argument("--nanoporosity", type=finite("fraction"), default=DEFAULT_NANOPOROSITY,
                    help="nanopore fraction of the CBD, for porosity_all (default 0.5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
