@@ -117,3 +117,28 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert len(cases) >= 10
     for args, fragments in cases:
         assert_one_line_error(run_cli(*args), *fragments)
+
+
+def test_porosity_both_ways_and_cbd_measures(volume):
+    m = measure(volume, 0.4, nanoporosity=0.3)
+    electrode = np.isin(volume, (0, 1, 2)).sum()
+    pore, cbd, am = ((volume == c).sum() for c in (0, 1, 2))
+    assert m["porosity"] == pytest.approx(pore / electrode)
+    assert m["porosity_all"] == pytest.approx((pore + 0.3 * cbd) / electrode)  # the nanopores counted
+    assert m["cbd_share_of_solid"] == pytest.approx(cbd / (cbd + am))
+    faces = m["contact_area_voxel2"]
+    assert m["am_surface_on_cbd"] == pytest.approx(faces["AM-CBD"] / (faces["AM-CBD"] + faces["pore-AM"] + faces["void-AM"]))
+    proc = run_cli("metrics", example_volume_path(), "--nanoporosity", "0.3", "--json")
+    assert json.loads(proc.stdout)["porosity_all"] == pytest.approx(
+        measure(read_volume(example_volume_path()), 0.4, 0.3)["porosity_all"])
+
+
+def test_cbd_distribution_over_height():
+    from calbatch.metrics import cbd_distribution
+
+    vol = np.zeros((10, 4, 4), np.uint8)
+    vol[:5] = 2
+    vol[0, :, :2] = 1  # all CBD in the bottom fifth (one slice of five), on half its area
+    d = cbd_distribution(vol, bands=5)
+    assert d["share_of_cbd"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert d["cbd_share_of_solid"][0] == 0.5 and d["cbd_share_of_solid"][1] == 0.0
