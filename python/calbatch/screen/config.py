@@ -287,7 +287,8 @@ def parse(path: str | os.PathLike) -> tuple[CasesFile, Any]:
     try:
         return CasesFile.model_validate(data), root
     except ValidationError as exc:
-        raise _error(path, root, exc.errors()[0]) from None
+        errors = exc.errors()  # a misspelt key first: it explains the 'missing' one beside it
+        raise _error(path, root, next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])) from None
 
 
 # --- electrodes and CDs ---------------------------------------------------------------------------
