@@ -21,7 +21,7 @@ from ..errors import CalbatchError
 from ..mpi import is_root
 
 # Command-group modules, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model")
+COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model", "screen")
 
 # Optional dependencies: the one line that says how to get each.
 _SETUP = "run `bash tools/setup.sh` from the calbatch repository"
