@@ -173,7 +173,7 @@ def _fixed_loss(model, infos):
     for info in infos:
         for t in range(0, info.n_frames - 1, 3):
             x, c, y = read_window(info, t)
-            vals.append(float(loss(model([_to_model(x[None]), c[None, 0]]), y[None, 0])))
+            vals.append(float(loss(model([_to_model(x[None]), c[None, 0]]), y[None, 0], c[None, 0])))
     return float(np.mean(vals))
 
 
@@ -188,14 +188,14 @@ def test_a_few_training_steps_lower_the_loss(series, tmp_path):
     cfg = {"channels": 8, "layers_coarse": 2}
     keras.utils.set_random_seed(0)
     before = _fixed_loss(build("calbatch", **cfg), infos)
-    r = train(series, tmp_path / "run", config=cfg, epochs=3, batch_size=2, horizon=2, crop=(8, 8),
-              max_windows=16, max_val_windows=4, lr=1e-2, progress=False)
+    r = train(series, tmp_path / "run", config=cfg, epochs=3, batch_size=2, horizon=2, crop=None,
+              max_windows=16, max_val_windows=4, lr=3e-3, progress=False)
     after = _fixed_loss(load_trained(tmp_path / "run", "last")[0], infos)
     assert after < before, (before, after)
     assert r["epoch"] == 3 and len(r["history"]) == 3
     # resume continues the same run; a second run into the folder without --resume is refused
     r2 = train(series, tmp_path / "run", config=cfg, epochs=4, batch_size=2, horizon=2, crop=(8, 8),
-               max_windows=4, max_val_windows=4, lr=1e-2, resume=True, progress=False)
+               max_windows=4, max_val_windows=4, lr=3e-3, resume=True, progress=False)
     assert r2["epoch"] == 4 and len(r2["history"]) == 4
     with pytest.raises(CalbatchError, match="--resume"):
         train(series, tmp_path / "run", config=cfg, epochs=1, progress=False)
@@ -261,12 +261,12 @@ def test_conserve_rule_keeps_phase_volumes():
     prev = rng.choice(np.array([0, 1, 2], np.uint8), size=(12, 8, 8), p=[0.4, 0.1, 0.5])
     prev[10:] = 4
     scores = rng.random((12, 8, 8, 4))
-    scores[10:, ..., :3] = 1e-20  # above the press: only void
-    out = decide(scores, prev, "conserve")
+    out = decide(scores, prev, "conserve", first_void=10)  # above the press (slice 10 up): only void
     assert np.count_nonzero(out == 2) == np.count_nonzero(prev == 2)
     assert np.count_nonzero(out == 1) == np.count_nonzero(prev == 1)
     assert (out[10:] == 4).all()
-    np.testing.assert_array_equal(out, decide(scores, prev, "conserve"))
+    np.testing.assert_array_equal(out, decide(scores, prev, "conserve", first_void=10))
+    assert (decide(scores, prev, "argmax", first_void=10)[10:] == 4).all()
 
 
 def test_cd_outside_trained_range_warns_and_flags(trained, series, tmp_path):

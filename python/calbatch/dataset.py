@@ -186,8 +186,7 @@ class WindowStream:
 
         order = self.rng.permutation(len(self.index)) if self.shuffle else np.arange(len(self.index))
         order = order[:len(self)]
-        # Group by series (in shuffled series order) only when not shuffling windows; else one open
-        # file per window keeps memory flat (the frames are gzip chunks of one frame each).
+        # A few open files at a time; only a window's frames are read (gzip chunks of one frame).
         handles: dict[int, object] = {}
         try:
             for k in order:

@@ -15,7 +15,7 @@ from .dataset import conditioning, past_indices
 from .errors import CalbatchError
 from .export import load_onnx
 from .metrics import compare, measure
-from .rollout import CLASS_CODES, decide, rollout, void_rule
+from .rollout import CLASS_CODES, decide, rollout, void_from, void_rule
 from .series import read_series
 from .volume import AM
 
@@ -31,7 +31,7 @@ def _teacher_forced(sess, meta, s: dict, rule: str) -> np.ndarray:
         if meta.get("kind") == "paper":
             out.append(void_rule(CLASS_CODES[np.argmin(np.abs(y[..., None] - CLASS_CODES), axis=-1)]))
         else:
-            out.append(decide(y, frames[t], rule))
+            out.append(decide(y, frames[t], rule, void_from(s["press_z_um"][t + 1], vs, frames.shape[1])))
     return np.stack(out)
 
 

@@ -13,6 +13,7 @@ over (pore, CBD, AM, void);
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -28,19 +29,21 @@ def _axis_shape(n, axis: int):
 
 def upsample_axis(x, f: int, axis: int, size, linear: bool, periodic: bool):
     """Upsample cell values of (B, z, y, x, C) by ``f`` along ``axis`` to ``size`` voxels, nearest or
-    linear (periodic or clamped), by gathers along the axis: no stacking, tiling or cropping."""
+    linear (periodic, or extrapolated past the end cells: a linear field stays exact), by gathers
+    along the axis: no stacking, tiling or cropping."""
     n = tf.shape(x)[axis]
     fine = tf.range(size)
     if not linear:
         return tf.gather(x, tf.minimum(fine // f, n - 1), axis=axis)
     u = (tf.cast(fine, tf.float32) + 0.5) / f - 0.5
-    lo = tf.floor(u)
-    w = tf.reshape(u - lo, _axis_shape(size, axis))
-    i0 = tf.cast(lo, tf.int32)
     if periodic:
+        lo = tf.floor(u)
+        i0 = tf.cast(lo, tf.int32)
         i0, i1 = i0 % n, (i0 + 1) % n
-    else:
-        i0, i1 = tf.clip_by_value(i0, 0, n - 1), tf.clip_by_value(i0 + 1, 0, n - 1)
+    else:  # needs two cells at least
+        i0 = tf.clip_by_value(tf.cast(tf.floor(u), tf.int32), 0, n - 2)
+        lo, i1 = tf.cast(i0, tf.float32), i0 + 1
+    w = tf.reshape(u - lo, _axis_shape(size, axis))
     x0, x1 = tf.gather(x, i0, axis=axis), tf.gather(x, i1, axis=axis)
     return x0 + w * (x1 - x0)
 
@@ -162,52 +165,90 @@ class Upsample(layers.Layer):
         return {**super().get_config(), "f": self.f, "linear": self.linear}
 
 
+def warp_padding(max_affine: float, max_residual: float) -> int:
+    """Slices of padding below and above the grid that every warp source index stays within: the
+    largest shift, plus the linear extrapolation over the end half-cells (x 1.75), plus 2."""
+    return int(np.ceil(1.75 * (max_affine + max_residual))) + 2
+
+
+@keras.saving.register_keras_serializable("calbatch")
+class WarpSource(layers.Layer):
+    """Per coarse cell, the z index (in the padded grid) each voxel's material comes from: the
+    press-affine motion (the squeeze that keeps the collector fixed and moves the top with the
+    press, at most ``max_affine`` voxels a step) times a gate -- 1 while pressing, the learned share
+    the material follows the retracting press (spring-back) otherwise -- plus the learned residual.
+    Linear in z except for the learned parts, so upsampling it linearly keeps the squeeze exact, and
+    the fine grid needs no per-slice (broadcast) arithmetic, which ONNX Runtime runs slowly."""
+
+    def __init__(self, f: int = 4, max_affine: float = 6.0, padding: int = 0, **kw):
+        super().__init__(**kw)
+        self.f, self.max_affine, self.padding = f, max_affine, padding
+
+    def call(self, motion, cond):
+        residual, follow = motion[..., 0:1], motion[..., 1:2]
+        ic = (tf.cast(tf.range(tf.shape(motion)[1]), tf.float32) + 0.5) * self.f - 0.5  # cell centres, fine index
+        ic = ic[None, :, None, None, None]
+        ratio = (cond[:, IDX_ZCUR] / cond[:, IDX_ZNEXT])[:, None, None, None, None]
+        affine = tf.clip_by_value((ic + 0.5) * (1.0 - ratio), -self.max_affine, self.max_affine)
+        press = cond[:, None, None, None, IDX_PRESS:IDX_PRESS + 1]
+        d = affine * (press + (1.0 - press) * follow) + residual
+        return ic + float(self.padding) - d  # out(z) = in(z - d)
+
+    def get_config(self):
+        return {**super().get_config(), "f": self.f, "max_affine": self.max_affine, "padding": self.padding}
+
+
 @keras.saving.register_keras_serializable("calbatch")
 class PressWarp(layers.Layer):
-    """Move the last frame's one-hot (B, z, y, x, 4) along z by a displacement (voxels): the
-    press-affine motion (the squeeze that keeps the collector fixed and moves the top with the
-    press) times a gate -- 1 while pressing, the learned share the material follows the retracting
-    press (spring-back) otherwise -- plus the learned residual, by linear interpolation between
-    the two source slices (two gathers). Returns the warped one-hot and the displacement. Material
-    from below the collector repeats the bottom slice, from above the grid the top slice (void)."""
+    """Move the last frame's one-hot (B, z, y, x, 4) along z: each voxel takes the linear
+    interpolation of the two slices around its source index ``src`` (B, z, y, x, 1), an index into
+    the grid padded by ``padding`` slices -- below by the bottom slice (the collector holds), above
+    by void. Two row gathers; no clamping is needed (:func:`warp_padding`)."""
 
-    def call(self, onehot, motion, cond):
-        """``motion`` (B, z, y, x, 2): the learned residual (voxels) and the follow share in [0, 1]."""
-        residual, follow = motion[..., 0:1], motion[..., 1:2]
+    def __init__(self, padding: int = 0, **kw):
+        super().__init__(**kw)
+        self.padding = padding
+
+    def call(self, onehot, src):
+        p = self.padding
         s = tf.shape(onehot)
-        nz, ny, nx = s[1], s[2], s[3]
-        iz = tf.cast(tf.range(nz), tf.float32)[None, :, None, None, None]
-        ratio = cond[:, IDX_ZCUR] / cond[:, IDX_ZNEXT]
-        press = cond[:, None, None, None, IDX_PRESS:IDX_PRESS + 1]
-        affine = (iz + 0.5) * (1.0 - ratio)[:, None, None, None, None]
-        d = affine * (press + (1.0 - press) * follow) + residual
-        top = tf.cast(nz - 1, tf.float32)
-        src = top - tf.nn.relu(top - tf.nn.relu(iz - d))  # out(z) = in(z - d), clamped (Relu: fast in ONNX)
+        nz, ny, nx = s[1] + 2 * p, s[2], s[3]
+        void = tf.ones_like(onehot[:, :1]) * tf.constant([EPS, EPS, EPS, 1.0 - 3 * EPS])
+        padded = tf.concat([tf.repeat(onehot[:, :1], p, axis=1), onehot, tf.repeat(void, p, axis=1)], axis=1)
         z0 = tf.floor(src)
         w = src - z0
         z0 = tf.cast(z0[..., 0], tf.int32)
-        z1 = tf.minimum(z0 + 1, nz - 1)
-        flat = tf.reshape(onehot, [-1, 4])
+        flat = tf.reshape(padded, [-1, 4])
         b = tf.range(s[0])[:, None, None, None] * (nz * ny * nx)
         yx = tf.reshape(tf.range(ny * nx), tf.stack([1, 1, ny, nx]))
-        g0 = tf.gather(flat, b + z0 * (ny * nx) + yx)
-        g1 = tf.gather(flat, b + z1 * (ny * nx) + yx)
-        return g0 + w * (g1 - g0), d
+        i0 = b + z0 * (ny * nx) + yx
+        g0 = tf.gather(flat, i0)
+        g1 = tf.gather(flat, i0 + ny * nx)
+        # w to 4 channels by a K=1 matrix product: ONNX Runtime broadcasts along the last axis 4x slower
+        return g0 + tf.matmul(w, tf.ones([1, 4])) * (g1 - g0)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable("calbatch")
 class Scores(layers.Layer):
-    """Class scores (unnormalised probabilities; their log are the logits) = warped x
-    exp(correction), every class but void forbidden (x 1e-13) above the press's target position.
-    Multiplying keeps the exported graph free of a full-grid log and softmax."""
+    """Class scores (unnormalised probabilities; their log are the logits) = warped x gain. The
+    void above the press is known and not the model's to predict: training masks it in the loss
+    (:func:`press_mask`), the rollout in its decision rule."""
 
-    def call(self, warped, gain, geometry):
-        above = tf.cast(geometry[..., 2:3] > 0.0, tf.float32)  # (B, z, 1, 1, 1)
-        return warped * gain * (1.0 - above * tf.constant([1.0 - 1e-13, 1.0 - 1e-13, 1.0 - 1e-13, 0.0]))
+    def call(self, warped, gain):
+        return warped * gain
+
+
+def press_mask(cond, nz):
+    """(B, nz) 1.0 for slices whose centre lies above the press's target position, else 0.0."""
+    z = (tf.cast(tf.range(nz), tf.float32)[None, :] + 0.5) * cond[:, IDX_VS:IDX_VS + 1]
+    return tf.cast(z > cond[:, IDX_ZNEXT:IDX_ZNEXT + 1], tf.float32)
 
 
 def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, hidden: int = 0,
-                   max_residual: float = 4.0) -> keras.Model:
+                   max_residual: float = 4.0, max_affine: float = 6.0) -> keras.Model:
     """calbatch's frame model (outputs class scores over :data:`CLASS_CODES`, unnormalised
     probabilities: log(scores) are the logits, :class:`Scores`): a small periodic 3-D CNN
     on cells of ``factor``^3 voxels sees the three frames' phase fractions, the conditioning and the
@@ -228,9 +269,11 @@ def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, 
     follow = layers.Conv3D(1, 1, activation="sigmoid", kernel_initializer="zeros",
                            bias_initializer=keras.initializers.Constant(-2.0), name="follow")(h)
     motion = layers.Concatenate()([layers.Rescaling(max_residual)(residual), follow])
-    warped, _ = PressWarp(name="warp")(last, Upsample(factor, True)(motion, last), cond)
-    geometry = Geometry(1)(last, cond)
+    pad = warp_padding(max_affine, max_residual)
+    src = Upsample(factor, True)(WarpSource(factor, max_affine, pad, name="source")(motion, cond), last)
+    warped = PressWarp(pad, name="warp")(last, src)
     if hidden:
+        geometry = Geometry(1)(last, cond)
         hid = layers.Add()([layers.Dense(hidden, name="fine_warped")(warped),
                             Upsample(factor, False)(layers.Dense(hidden, name="fine_coarse")(h), last),
                             layers.Dense(hidden, use_bias=False, name="fine_geometry")(geometry)])
@@ -238,7 +281,7 @@ def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, 
     else:
         gain = layers.Conv3D(4, 1, kernel_initializer="zeros", activation="exponential", name="cell_correction")(h)
         gain = Upsample(factor, False)(gain, last)
-    scores = Scores(name="scores")(warped, gain, geometry)
+    scores = Scores(name="scores")(warped, gain)
     return keras.Model([frames, cond], scores, name="calbatch")
 
 

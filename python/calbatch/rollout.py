@@ -65,11 +65,20 @@ def void_rule(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve") -> np.ndarray:
-    """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule`` (see the module)."""
+def void_from(press_z: float, voxel_size: float, nz: int) -> int:
+    """The first slice whose centre lies above the press at ``press_z`` (um): void from there up."""
+    return int(np.clip(np.floor(press_z / voxel_size - 0.5) + 1, 0, nz))
+
+
+def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", first_void: int | None = None) -> np.ndarray:
+    """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule`` (see the module); slices
+    from ``first_void`` up (above the press) are void whatever the scores."""
     if rule not in RULES:
         raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.array(scores, dtype=np.float64)
+    if first_void is not None:
+        scores[first_void:, ..., :3] = 0.0
+        scores[first_void:, ..., 3] = 1.0
     if rule == "argmax":
         return void_rule(CLASS_CODES[np.argmax(scores, axis=-1)])
     probs = scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-300)
@@ -79,7 +88,7 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve") -> 
     else:
         n_am, n_cbd = int(round(flat[:, 2].sum())), int(round(flat[:, 1].sum()))
     # voxels the model forbids solids in (above the press) stay out of the ranking
-    allowed = flat[:, :3].max(axis=1) > 1e-9
+    allowed = flat[:, :3].max(axis=1) > 0
     am = _top_k(flat[:, 2], n_am, allowed)
     cbd = _top_k(flat[:, 1], n_cbd, allowed & ~am)
     codes = np.full(flat.shape[0], PORE, dtype=np.uint8)
@@ -161,7 +170,7 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
         if meta.get("kind") == "paper":  # regressed codes: the nearest valid code, then the void rule
             frames[t + 1] = void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
         else:
-            frames[t + 1] = decide(out, frames[t], rule)
+            frames[t + 1] = decide(out, frames[t], rule, void_from(pz[t + 1], voxel_size, frames.shape[1]))
         wall[t + 1] = time.perf_counter() - t0
     nz, ny, nx = frames.shape[1:]
     a = dict(attrs or {})

@@ -18,7 +18,7 @@ import numpy as np
 
 from .dataset import WindowStream, scan, split
 from .errors import CalbatchError
-from .model import CLASS_CODES, build
+from .model import CLASS_CODES, build, press_mask
 
 # phase code -> class index (codes 0, 1, 2, 4)
 CODE_TO_CLASS = np.array([0, 1, 2, 3, 3], dtype=np.int32)
@@ -41,12 +41,15 @@ def _losses(kind: str, vol_weight: float):
     codes = tf.constant([float(c) for c in CLASS_CODES])
     codes8 = tf.constant(CLASS_CODES, tf.uint8)
 
-    def loss(pred, target):  # target uint8 codes (B, z, y, x)
+    def loss(pred, target, cond):  # target uint8 codes (B, z, y, x); cond (B, 7)
         if kind == "paper":
             return tf.reduce_mean(tf.square(pred - tf.cast(target, tf.float32)))
         cls = tf.gather(lut, tf.cast(target, tf.int32))
         onehot = tf.one_hot(cls, 4)
         logits = tf.math.log(tf.maximum(pred, 1e-30))  # the model outputs scores (see model.Scores)
+        # above the press only void: known, so masked as the rollout's decision masks it
+        above = press_mask(cond, tf.shape(pred)[1])[:, :, None, None, None]
+        logits = logits - 30.0 * above * tf.constant([1.0, 1.0, 1.0, 0.0])
         ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
         probs = tf.nn.softmax(logits)
         # soft phase volumes (AM, CBD) against the target's: conservation the argmax cannot see
@@ -55,10 +58,11 @@ def _losses(kind: str, vol_weight: float):
         vol = tf.reduce_mean(err / (tf.reduce_sum(onehot[..., 1:3], axes) + 1.0))
         return ce + vol_weight * vol
 
-    def decide(pred):  # hard codes of a prediction, as the rollout feeds them back
+    def decide(pred, cond):  # hard codes of a prediction, as the rollout feeds them back
         if kind == "paper":
             return tf.gather(codes8, tf.argmin(tf.abs(pred[..., None] - codes), axis=-1))
-        return tf.gather(codes8, tf.argmax(pred, axis=-1))
+        above = press_mask(cond, tf.shape(pred)[1])[:, :, None, None, None]
+        return tf.gather(codes8, tf.argmax(pred * (1.0 - above * tf.constant([1.0, 1.0, 1.0, 0.0])), axis=-1))
 
     return loss, decide
 
@@ -121,8 +125,8 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
         total = 0.0
         for k in range(targets.shape[1]):
             pred = model([x, cond[:, k]], training=training)
-            total += loss_fn(pred, targets[:, k])
-            x = tf.concat([x[..., 1:], tf.stop_gradient(decide(pred))[..., None]], axis=-1)
+            total += loss_fn(pred, targets[:, k], cond[:, k])
+            x = tf.concat([x[..., 1:], tf.stop_gradient(decide(pred, cond[:, k]))[..., None]], axis=-1)
         return total / targets.shape[1]
 
     @tf.function(reduce_retracing=True)

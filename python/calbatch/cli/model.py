@@ -58,7 +58,8 @@ def _export(args) -> None:
     model, run = load_trained(Path(args.run_dir), args.weights)
     r = export(model, run, Path(args.out), opset=args.opset, check_grid=args.check_grid)
     print_result(r, args.json, f"{r['out']}  opset {r['opset']}  {r['bytes']:,d} bytes  "
-                               f"max |ONNX - Keras| {r['max_abs_diff']:.2e} on {r['check_grid_zyx']}")
+                               f"max |ONNX - Keras| {r['max_abs_diff']:.2e} ({r['max_rel_diff']:.1e} of the largest "
+                               f"output) on {r['check_grid_zyx']}")
 
 
 def _rollout(args) -> None:
