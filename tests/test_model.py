@@ -335,3 +335,19 @@ def test_paper_model_trains_exports_and_takes_only_its_grid(series, tmp_path):
     vol = read_series(series[0])["frames"][0]
     with pytest.raises(CalbatchError, match="training grid"):
         rollout(tmp_path / "paper.onnx", vol[:24], 20.0, VS)
+
+
+def test_command_line_errors_are_one_line(trained, series, tmp_path):
+    from conftest import assert_one_line_error, run_cli
+
+    src = next(p for p in series if p.stem == "ms4_cd20")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a model")
+    assert_one_line_error(run_cli("rollout", corrupt, src, "--cd", 20, "--out", tmp_path / "r.h5"), "corrupt.onnx")
+    assert_one_line_error(run_cli("rollout", trained["onnx"], src, "--cd", 20, "--out", tmp_path / "r.h5",
+                                  "--voxel-size", 0.4), "voxel size 0.4")
+    s = read_series(src)
+    for k in ("frames", "positions", "time_us", "press_z_um", "phase", "wall_time_s"):
+        s[k] = s[k][:3]
+    write_series(tmp_path / "short.h5", s)
+    assert_one_line_error(run_cli("train", tmp_path / "short.h5", "--out", tmp_path / "run"), "short.h5", "3 frames")

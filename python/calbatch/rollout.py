@@ -38,19 +38,17 @@ class ExtrapolationWarning(UserWarning):
     """A rollout at a CD outside the range the model was trained on."""
 
 
-def _top_k(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
-    """Boolean mask of the ``k`` highest ``score`` among ``allowed`` (flat), ties by index."""
-    idx = np.flatnonzero(allowed)
-    k = int(min(max(k, 0), idx.size))
-    out = np.zeros(score.size, dtype=bool)
+def _top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the ``k`` highest of ``score`` (flat), ties broken by index."""
+    n = score.size
+    k = int(min(max(k, 0), n))
     if k == 0:
-        return out
-    s = score[idx]
-    thr = np.partition(s, s.size - k)[s.size - k]
-    above = s > thr
-    ties = np.flatnonzero(s == thr)[:k - int(above.sum())]
-    out[idx[above]] = True
-    out[idx[ties]] = True
+        return np.zeros(n, dtype=bool)
+    thr = np.partition(score, n - k)[n - k]
+    out = score > thr
+    need = k - int(np.count_nonzero(out))
+    if need > 0:
+        out[np.flatnonzero(score == thr)[:need]] = True
     return out
 
 
@@ -75,25 +73,26 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", fir
     from ``first_void`` up (above the press) are void whatever the scores."""
     if rule not in RULES:
         raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
-    scores = np.array(scores, dtype=np.float64)
-    if first_void is not None:
-        scores[first_void:, ..., :3] = 0.0
-        scores[first_void:, ..., 3] = 1.0
+    nz = scores.shape[0]
+    fv = nz if first_void is None else int(min(max(first_void, 0), nz))
+    below = np.asarray(scores[:fv], dtype=np.float32).reshape(-1, 4)  # the slices solids may take
+    codes = np.full(scores.shape[:3], VOID, dtype=np.uint8)
     if rule == "argmax":
-        return void_rule(CLASS_CODES[np.argmax(scores, axis=-1)])
-    probs = scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-300)
-    flat = probs.reshape(-1, 4)
+        codes[:fv] = CLASS_CODES[np.argmax(below, axis=-1)].reshape(fv, *scores.shape[1:3])
+        return void_rule(codes)
+    total = np.maximum(below.sum(axis=1), np.float32(1e-30))
+    p_am, p_cbd = below[:, 2] / total, below[:, 1] / total
     if rule == "conserve":
         n_am, n_cbd = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
     else:
-        n_am, n_cbd = int(round(flat[:, 2].sum())), int(round(flat[:, 1].sum()))
-    # voxels the model forbids solids in (above the press) stay out of the ranking
-    allowed = flat[:, :3].max(axis=1) > 0
-    am = _top_k(flat[:, 2], n_am, allowed)
-    cbd = _top_k(flat[:, 1], n_cbd, allowed & ~am)
-    codes = np.full(flat.shape[0], PORE, dtype=np.uint8)
-    codes[am], codes[cbd] = AM, CBD
-    return void_rule(codes.reshape(scores.shape[:3]))
+        n_am, n_cbd = int(round(float(p_am.sum(dtype=np.float64)))), int(round(float(p_cbd.sum(dtype=np.float64))))
+    am = _top_k(p_am, n_am)
+    p_cbd[am] = -1.0  # AM first, then CBD among the rest
+    cbd = _top_k(p_cbd, n_cbd)
+    flat = np.full(below.shape[0], PORE, dtype=np.uint8)
+    flat[am], flat[cbd] = AM, CBD
+    codes[:fv] = flat.reshape(fv, *scores.shape[1:3])
+    return void_rule(codes)
 
 
 def _meta_list(meta: dict, key: str, path) -> list:

@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 from .output import count, finite, print_result
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 to /dev/null while the block runs (C++ start-up chatter of TF, absl)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ logs of TF/XLA off stderr
+    """Import TensorFlow, Keras and tf2onnx without their C++ notices on stderr (the oneDNN notice,
+    absl's pre-initialisation warning), so stderr keeps to progress bars and calbatch's errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _stderr_to_devnull():
+        import keras  # noqa: F401
+        import tensorflow as tf
+        import tf2onnx  # noqa: F401
+
+        tf.constant(0.0) + 1.0  # the first op initialises the CPU device (more notices)
+    # grappler's remapper logs a harmless 'remapper failed' error on the periodic padding's gradient
+    tf.config.optimizer.set_experimental_options({"remapping": False})
 
 
 def _crop(text: str):
