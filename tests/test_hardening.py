@@ -241,6 +241,6 @@ def test_a_failing_case_does_not_hang_the_batch(tmp_path):
     proc = subprocess.run(["mpirun", "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                           env=BASE_ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert sorted(lines) == ["raised case 1: failed on another rank or group:"] * 2 + \
-        ["user case 2: missing.npy: no such file"] * 2, proc.stdout
+    # both ranks raise both errors (their lines may interleave: count, do not split)
+    assert proc.stdout.count("raised case 1: failed on another rank or group:") == 2, proc.stdout
+    assert proc.stdout.count("user case 2: missing.npy: no such file") == 2, proc.stdout

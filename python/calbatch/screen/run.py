@@ -348,9 +348,9 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
     pending = [c for c in screen.cases if c.id not in done]
     fick = screen.config.fick
     if fick.enabled:
-        from ..transport import _petsc
+        from ..transport import start_petsc
 
-        _petsc()  # PetscInitialize is collective over the world: every rank, before any case can fail
+        start_petsc()  # PetscInitialize is collective over the world: every rank, before any case can fail
     per_case = fick.ranks_per_case if fick.enabled else 1
     sub, group, groups = split_groups(comm, per_case)
     leader = sub.Get_rank() == 0

@@ -1,84 +1,25 @@
-"""Effective diffusivity and tortuosity factor of an electrode volume by a steady Fick solve.
-
-Entry points: :class:`FickSolver` (one volume; ``solve()`` returns a :class:`TransportResult`),
-:func:`tortuosity` (the same in one call) and :func:`solve_batch` (many volumes over a split
-communicator). ``calbatch tortuosity VOLUME`` runs it from the shell, also under ``mpirun -n N``.
-
-Method
-------
-- Cell-centred finite volumes on the voxel grid, 7-point stencil, unit voxel. The diffusivity of
-  the face between two voxels is the harmonic mean of their diffusivities.
-- Pore (and any void voxel inside the solved region: electrolyte above a dip in the surface) has
-  the bulk diffusivity 1, CBD a relative diffusivity ``cbd_diffusivity``, AM is insulating.
-- Periodic in x and y. Concentration 0 half a voxel below slice 0 (current collector side) and 1
-  half a voxel above the top slice, so an open block gives tau = 1 exactly.
-- The void above the electrode is cut off: the solve runs over slices 0 .. top, top being the
-  highest slice that holds any non-void voxel (the electrode thickness of the voxelizer). Keeping
-  the void would add a free-electrolyte layer whose length depends on the press position.
-- Unknowns exist only on conducting voxels whose cluster (6-connected, periodic in x and y) touches
-  both the bottom and the top slice; isolated and one-sided (dead-end) clusters carry no steady
-  flux and are dropped, so the matrix is SPD and CG never sees a singular block. When nothing
-  percolates, D_eff = 0 and tau = inf with ``percolating = False`` (a result, not an error).
-- PETSc (petsc4py) distributed AIJ matrix; each rank owns a slab of whole z-slices holding a near
-  equal share of the unknowns; the C++ core builds its rows in PETSc's own MPIAIJ layout, which
-  PETSc adopts without a copy. The connectivity labelling is done on every rank over the whole
-  volume (memory O(volume) per rank).
-- CG with hypre BoomerAMG by default (chosen by measurement, see docs/transport.md); any PETSc
-  option may be given (``petsc_options``), and an option that the solve never reads is an error,
-  so a typo does not pass silently.
-- Converged means the relative mismatch of inlet and outlet flux is at most ``tolerance`` and the
-  residual (|b - Ax| with CG) is below the same factor times a zero start's, checked at every
-  iteration; a solve that stops short (iteration limit, breakdown) says so with
-  ``converged = False``.
-
-Results: D_eff / D_bulk = Q * thickness / (Nx * Ny), Q the total flux for a unit concentration
-drop taken from the dissipation sum_faces g dc^2 (equal to the flux at the exact solution, with an
-error quadratic in the solution's; the inlet and outlet fluxes are reported too); porosity = pore
-fraction of the solved region (void inside it counted as pore; the eps TauFactor uses);
-tau = porosity / (D_eff / D_bulk) (MacMullin, D_bulk = 1).
-
-CBD default: the carbon-binder domain is nanoporous and electrolyte-filled. Its relative
-diffusivity is taken as Bruggeman's eps_CBD^1.5 with a CBD nanoporosity eps_CBD = 0.5, i.e.
-0.5^1.5 = 0.354, the assumption of the Franco group's electrode-manufacturing models (Chouchane
-et al., J. Power Sources 444 (2019) 227285), the group whose DEM electrodes the paper uses. Set
-``cbd_diffusivity=0`` to make CBD insulating (as a pore-only solver such as TauFactor's
-PeriodicSolver does).
-"""
+"""The Fick solve itself: the system on the conducting voxels, its PETSc assembly and CG solve,
+one volume (:class:`FickSolver`) or many over split communicators (:func:`solve_batch`). The
+method is in the package docstring (:mod:`calbatch.transport`)."""
 
 from __future__ import annotations
 
 import math
-import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import _core
-from .errors import CalbatchError
-from .mpi import first_error, gather_cases, run_guarded, split_groups
-from .volume import CBD, DEFAULT_NANOPOROSITY, PORE, VOID, read_volume, validate
+from .. import _core
+from ..errors import CalbatchError
+from ..mpi import first_error, gather_cases, run_guarded, split_groups
+from ..volume import CBD, DEFAULT_NANOPOROSITY, PORE, VOID, read_volume, validate
+from .petsc import DEFAULT_PETSC_OPTIONS, OPTIONS_PREFIX, option_used, parse_petsc_options, petsc_error, start_petsc
 
 DEFAULT_CBD_DIFFUSIVITY = DEFAULT_NANOPOROSITY**1.5  # Bruggeman, see the module docstring
 DEFAULT_TOLERANCE = 1e-4  # relative inlet/outlet flux mismatch
 DEFAULT_MAX_ITERATIONS = 20000
-# CG + BoomerAMG with cheap-setup 3-D settings and one forward SOR sweep down, one backward up (a
-# symmetric V-cycle at half the cost of symmetric SOR each way): the fastest of the measured
-# choices (docs/transport.md).
-DEFAULT_PETSC_OPTIONS = {
-    "ksp_type": "cg",
-    "pc_type": "hypre",
-    "pc_hypre_type": "boomeramg",
-    "pc_hypre_boomeramg_coarsen_type": "PMIS",
-    "pc_hypre_boomeramg_interp_type": "ext+i",
-    "pc_hypre_boomeramg_strong_threshold": "0.5",
-    "pc_hypre_boomeramg_agg_nl": "1",
-    "pc_hypre_boomeramg_P_max": "4",
-    "pc_hypre_boomeramg_relax_type_down": "SOR/Jacobi",
-    "pc_hypre_boomeramg_relax_type_up": "backward-SOR/Jacobi",
-}
-OPTIONS_PREFIX = "calbatch_fick_"
 
 
 @dataclass
@@ -169,69 +110,6 @@ def relative_mismatch(inlet: float, outlet: float) -> float:
     mean = 0.5 * (inlet + outlet)
     with np.errstate(over="ignore"):
         return float(abs(inlet - outlet) / mean) if mean > 0 else math.inf
-
-
-def parse_petsc_options(options: str | Sequence[str] | dict | None) -> dict[str, str]:
-    """``'-pc_type gamg -ksp_monitor'`` (or a list of tokens, or a dict) -> ``{name: value}``."""
-    if options is None:
-        return {}
-    if isinstance(options, dict):
-        return {str(k).lstrip("-"): "" if v is None else str(v) for k, v in options.items()}
-    tokens = shlex.split(options) if isinstance(options, str) else [str(t) for t in options]
-    parsed: dict[str, str] = {}
-    name = None
-    for token in tokens:
-        if token.startswith("-") and not _is_number(token):
-            name = token.lstrip("-")
-            if not name:
-                raise CalbatchError(f"--petsc-options: empty option name in {' '.join(tokens)!r}")
-            parsed[name] = ""
-        elif name is None or parsed[name]:
-            raise CalbatchError(f"--petsc-options: value {token!r} does not follow an option name")
-        else:
-            parsed[name] = token
-    return parsed
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
-
-
-def _petsc():
-    """Import PETSc, initialising it without the command line (calbatch's own flags are not PETSc's)."""
-    import petsc4py
-
-    if not petsc4py.__dict__.get("_calbatch_initialised"):
-        petsc4py.init(["calbatch", "-no_signal_handler"])  # a closed pipe should not print a PETSc crash
-        petsc4py._calbatch_initialised = True
-    from petsc4py import PETSc
-
-    return PETSc
-
-
-def _option_used(name: str) -> bool:
-    """PETSc's own record of whether an option was read (PetscOptionsUsed; not in petsc4py 3.18)."""
-    import ctypes
-    import ctypes.util
-
-    global _LIBPETSC
-    if _LIBPETSC is None:
-        found = ctypes.util.find_library("petsc_real") or ctypes.util.find_library("petsc")  # Debian: _real
-        _LIBPETSC = ctypes.CDLL(found or "libpetsc.so")
-    used = ctypes.c_int(0)
-    _LIBPETSC.PetscOptionsUsed(None, name.encode(), ctypes.byref(used))  # stored without "-"
-    return bool(used.value)
-
-
-_LIBPETSC = None
-
-
-def _petsc_error(exc) -> str:
-    return "out of memory" if exc.ierr == 55 else f"PETSc error code {exc.ierr}"  # 55: PETSC_ERR_MEM
 
 
 @dataclass
@@ -360,9 +238,9 @@ class FickSolver:
             ksp.setInitialGuessNonzero(True)
             ksp.setUp()
         except PETSc.Error as exc:
-            raise CalbatchError(f"--petsc-options: PETSc could not set up the solver with {self._options_text()} ({_petsc_error(exc)})") from None
+            raise CalbatchError(f"--petsc-options: PETSc could not set up the solver with {self._options_text()} ({petsc_error(exc)})") from None
         finally:
-            unused = [name for name in self.user_options if not _option_used(OPTIONS_PREFIX + name)]
+            unused = [name for name in self.user_options if not option_used(OPTIONS_PREFIX + name)]
             for name in self.options:
                 opts.delValue(OPTIONS_PREFIX + name)
         if unused:
@@ -392,7 +270,7 @@ class FickSolver:
         """Solve and return a :class:`TransportResult` (the same on every rank)."""
         from mpi4py import MPI
 
-        PETSc = _petsc()
+        PETSc = start_petsc()
         start = time.perf_counter()
         porosity = float(np.count_nonzero((self.region == PORE) | (self.region == VOID)) / self.region.size)
         active = self._unknowns()
@@ -441,7 +319,7 @@ class FickSolver:
         try:
             ksp.solve(b, x)
         except PETSc.Error as exc:
-            raise CalbatchError(f"--petsc-options: the solve failed with {self._options_text()} ({_petsc_error(exc)})") from None
+            raise CalbatchError(f"--petsc-options: the solve failed with {self._options_text()} ({petsc_error(exc)})") from None
         solve_time = time.perf_counter() - solve_start
         converged, iterations = ksp.getConvergedReason() > 0, ksp.getIterationNumber()
         inlet, outlet = fluxes(x.getArray(readonly=True))
@@ -481,7 +359,7 @@ def solve_batch(volumes: Sequence[np.ndarray | str], ranks_per_case: int = 1, co
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD if comm is None else comm
-    _petsc()  # PetscInitialize is collective over the world: every rank, before any case can fail
+    start_petsc()  # PetscInitialize is collective over the world: every rank, before any case can fail
     sub, group, groups = split_groups(comm, ranks_per_case)
     try:
         mine = {case: run_guarded(lambda c=case: tortuosity(volumes[c], comm=sub, **kwargs))
