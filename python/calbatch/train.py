@@ -83,6 +83,8 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
     import tensorflow as tf
     from tqdm import tqdm
 
+    # grappler's remapper logs a harmless 'remapper failed' error on the periodic padding's gradient
+    tf.config.optimizer.set_experimental_options({"remapping": False})
     out = Path(out)
     state_path = out / "state.json"
     if state_path.exists() and not resume:
