@@ -11,10 +11,20 @@ limited to ``--threads`` threads, after one warm-up step.
 Prints the median seconds per step of each and their ratio (TF / ORT; > 1 means ONNX Runtime is
 faster). The step is the network only; the rollout's decision rule adds a few ms.
 
-Measured on the project's 2-core machine (sharing it with a niced DEM run, so an upper bound),
-calbatch model (24 coarse channels, 61.6 k parameters), 2 threads:
-    TensorFlow 2.21 0.50 s / step, ONNX Runtime 1.32 0.38 s / step, TF/ORT 1.3
-and paper-style model (16 filters, 145 M parameters): see --paper.
+Measured on the project's 2-core machine while it also ran a niced two-process DEM dataset (load
+2.7-3.6), the smoke-trained calbatch model (24 coarse channels, 58.6 k parameters; --run), 9 steps
+each, three runs:
+    2 threads: TensorFlow 2.21 0.049 / 0.043 / 0.045 s, ONNX Runtime 1.32 0.043 / 0.045 / 0.054 s
+               (TF/ORT 1.12 / 0.94 / 0.83): parity within the machine's noise
+    1 thread:  TensorFlow 0.039 s, ONNX Runtime 0.036 s (TF/ORT 1.09)
+The first export of this design ran 0.37 s in ONNX Runtime against 0.15 s in TensorFlow: per-node
+profiles (SessionOptions.enable_profiling) showed full-grid Equal/Cast one-hots, clamps written as a
+scalar minus a tensor, and broadcasts along middle or last axes (4-5x slower than same-shape
+operations in ONNX Runtime), not the layout transposes around the 3-D convolutions, which act only
+on the coarse grid here. calbatch.model_layers avoids each. A rollout step (network plus the
+``conserve`` decision rule) took 0.07-0.11 s. The paper-style model at 125x76x76 (16 filters, 143 M
+parameters) did not export: tf2onnx grew past the machine's 23 GB and was OOM-killed, so --paper
+benches it on --paper-grid (48x32x32: TF 0.003 s, ORT 0.001 s).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ and the bad inputs of issue 10. Series are the committed v1 DEM particle frames 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 from pathlib import Path
 
