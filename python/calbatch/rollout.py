@@ -95,6 +95,22 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", fir
     return void_rule(codes)
 
 
+def network_inputs(frames: np.ndarray, t: int, cd: float, h0: float, voxel_size: float, sched: dict):
+    """The network's inputs for the step t -> t + 1 of a rollout: the 3 past frames (channels
+    last, batch of one) and the conditioning of the target frame."""
+    pz, stages = sched["press_z_um"], sched["phase"]
+    x = np.ascontiguousarray(np.moveaxis(frames[past_indices(t)], 0, -1))[None]
+    return x, conditioning(cd, h0, voxel_size, pz[t], pz[t + 1], stages[t + 1])[None]
+
+
+def next_frame(out: np.ndarray, previous: np.ndarray, kind: str, rule: str, press_z: float, voxel_size: float) -> np.ndarray:
+    """The next frame from one network output: ``paper`` models regress the codes (the nearest
+    valid code, then the void rule), calbatch's give class scores for :func:`decide`."""
+    if kind == "paper":
+        return void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
+    return decide(out, previous, rule, void_from(press_z, voxel_size, previous.shape[0]))
+
+
 def _meta_list(meta: dict, key: str, path) -> list:
     try:
         return json.loads(meta[key])
@@ -163,13 +179,9 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
     for t in tqdm(range(given.shape[0] - 1, n - 1), desc=f"rollout CD {cd:g}", unit="frame", file=sys.stderr,
                   disable=not show, leave=False):
         t0 = time.perf_counter()
-        x = np.ascontiguousarray(np.moveaxis(frames[past_indices(t)], 0, -1))[None]
-        c = conditioning(cd, h0, voxel_size, pz[t], pz[t + 1], stages[t + 1])[None]
+        x, c = network_inputs(frames, t, cd, h0, voxel_size, sched)
         out = sess.run(None, {"frames": x, "cond": c})[0][0]
-        if meta.get("kind") == "paper":  # regressed codes: the nearest valid code, then the void rule
-            frames[t + 1] = void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
-        else:
-            frames[t + 1] = decide(out, frames[t], rule, void_from(pz[t + 1], voxel_size, frames.shape[1]))
+        frames[t + 1] = next_frame(out, frames[t], meta.get("kind", ""), rule, pz[t + 1], voxel_size)
         wall[t + 1] = time.perf_counter() - t0
     nz, ny, nx = frames.shape[1:]
     a = dict(attrs or {})

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import conditioning, past_indices
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import CLASS_CODES, check_input, decide, void_rule
+from ..rollout import RULES, check_input, network_inputs, next_frame
 from ..schedule import press_schedule
 from ..volume import AM, CBD, validate
 
@@ -80,7 +79,8 @@ class Predictor:
                  threads: int | None = None, batch_size: int = 1):
         self.model_path = Path(model) if model is not None else shipped_model("Predictor(model=...)")
         self.session, self.meta = load_onnx(self.model_path, threads)
-        decide(np.zeros((1, 1, 1, 4)), np.zeros((1, 1, 1), np.uint8), rule)  # refuses an unknown rule now
+        if rule not in RULES:
+            raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
         self.rule = rule
         self.model_voxel_size = float(self.meta.get("voxel_size_um", "nan"))
         self.voxel_size = self.model_voxel_size if voxel_size is None else float(voxel_size)
@@ -129,19 +129,13 @@ class Predictor:
     def _step(self, cases: list[_Case]) -> None:
         """One network call for ``cases`` (all on one grid, none done): frame t + 1 of each."""
         t0 = time.perf_counter()
-        xs, cs = [], []
-        for c in cases:
-            pz, stages = c.sched["press_z_um"], c.sched["phase"]
-            xs.append(np.ascontiguousarray(np.moveaxis(c.frames[past_indices(c.t)], 0, -1))[None])
-            cs.append(conditioning(c.cd, c.h0, self.voxel_size, pz[c.t], pz[c.t + 1], stages[c.t + 1])[None])
+        xs, cs = zip(*(network_inputs(c.frames, c.t, c.cd, c.h0, self.voxel_size, c.sched) for c in cases))
         x = xs[0] if len(cases) == 1 else np.concatenate(xs)
         cond = cs[0] if len(cases) == 1 else np.concatenate(cs)
         out = self.session.run(None, {"frames": x, "cond": cond})[0]
-        for k, c in enumerate(cases):
-            if self.meta.get("kind") == "paper":  # regressed codes: the nearest valid code, then the void rule
-                c.frames[c.t + 1] = void_rule(CLASS_CODES[np.argmin(np.abs(out[k][..., None] - CLASS_CODES), axis=-1)])
-            else:
-                c.frames[c.t + 1] = decide(out[k], c.frames[c.t], self.rule)
+        for k, c in enumerate(cases):  # the same per-step rule as calbatch.rollout, so the frames are equal bit for bit
+            c.frames[c.t + 1] = next_frame(out[k], c.frames[c.t], self.meta.get("kind", ""), self.rule,
+                                           c.sched["press_z_um"][c.t + 1], self.voxel_size)
         share = (time.perf_counter() - t0) / len(cases)
         for c in cases:
             c.wall[c.t + 1] = share
