@@ -95,6 +95,25 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", fir
     return void_rule(codes)
 
 
+def electrode_top(volume: np.ndarray, voxel_size: float, source: str = "start") -> float:
+    """The uncalendered top h0 (um): the highest slice holding solid, + 1, times the voxel size."""
+    rows = np.flatnonzero(((volume == AM) | (volume == CBD)).any(axis=(1, 2)))
+    if not rows.size:
+        raise CalbatchError(f"{source}: the first frame holds no solid voxel")
+    return float((rows[-1] + 1) * voxel_size)
+
+
+def start_frames(start, voxel_size: float, h0: float | None = None) -> tuple[np.ndarray, float]:
+    """A rollout's given frames (1 or 3, validated) from one volume or the first three frames of a
+    series, and the uncalendered top h0 (default: from the first frame)."""
+    start = np.asarray(start)
+    given = start[None] if start.ndim == 3 else start
+    if given.ndim != 4 or given.shape[0] not in (1, 3):
+        raise CalbatchError(f"start: expected one volume (nz, ny, nx) or 3 frames, got shape {start.shape}")
+    given = np.stack([validate(given[k], f"start frame {k}") for k in range(given.shape[0])])
+    return given, electrode_top(given[0], voxel_size) if h0 is None else float(h0)
+
+
 def network_inputs(frames: np.ndarray, t: int, cd: float, h0: float, voxel_size: float, sched: dict):
     """The network's inputs for the step t -> t + 1 of a rollout: the 3 past frames (channels
     last, batch of one) and the conditioning of the target frame."""
@@ -147,16 +166,7 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
     from tqdm import tqdm
 
     sess, meta = load_onnx(Path(model), threads)
-    start = np.asarray(start)
-    given = start[None] if start.ndim == 3 else start
-    if given.ndim != 4 or given.shape[0] not in (1, 3):
-        raise CalbatchError(f"start: expected one volume (nz, ny, nx) or 3 frames, got shape {start.shape}")
-    given = np.stack([validate(given[k], f"start frame {k}") for k in range(given.shape[0])])
-    if h0 is None:
-        rows = np.flatnonzero(((given[0] == AM) | (given[0] == CBD)).any(axis=(1, 2)))
-        if not rows.size:
-            raise CalbatchError("start: the first frame holds no solid voxel")
-        h0 = (rows[-1] + 1) * voxel_size
+    given, h0 = start_frames(start, voxel_size, h0)
     check_input(meta, model, given.shape[1:], voxel_size, h0)
     lo, hi = _meta_list(meta, "cd_range_percent", model)
     extrapolated = not lo - 1e-9 <= cd <= hi + 1e-9

@@ -20,9 +20,9 @@ import numpy as np
 
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import RULES, check_input, network_inputs, next_frame
+from ..rollout import RULES, check_input, electrode_top, network_inputs, next_frame, start_frames
 from ..schedule import press_schedule
-from ..volume import AM, CBD, validate
+from ..volume import validate
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "model.onnx"
 
@@ -39,14 +39,6 @@ def _meta_list(meta: dict, key: str, path) -> list:
         return json.loads(meta[key])
     except (KeyError, ValueError):
         raise CalbatchError(f"{path}: model metadata {key!r} missing or unreadable") from None
-
-
-def electrode_top(volume: np.ndarray, voxel_size: float, source: str = "start") -> float:
-    """The uncalendered top h0 (um): the highest slice holding solid, + 1, times the voxel size."""
-    rows = np.flatnonzero(((volume == AM) | (volume == CBD)).any(axis=(1, 2)))
-    if not rows.size:
-        raise CalbatchError(f"{source}: the first frame holds no solid voxel")
-    return float((rows[-1] + 1) * voxel_size)
 
 
 @dataclass
@@ -110,13 +102,7 @@ class Predictor:
     # --- the rollout loop ---------------------------------------------------------------------
 
     def _start(self, start: np.ndarray, cd: float, h0: float | None) -> _Case:
-        start = np.asarray(start)
-        given = start[None] if start.ndim == 3 else start
-        if given.ndim != 4 or given.shape[0] not in (1, 3):
-            raise CalbatchError(f"start: expected one volume (nz, ny, nx) or 3 frames, got shape {start.shape}")
-        given = np.stack([validate(given[k], f"start frame {k}") for k in range(given.shape[0])])
-        if h0 is None:
-            h0 = electrode_top(given[0], self.voxel_size)
+        given, h0 = start_frames(start, self.voxel_size, h0)
         check_input(self.meta, self.model_path, given.shape[1:], self.voxel_size, h0)
         sched = press_schedule(cd, h0, self.speed, self.frame_interval_us, self.dt)
         n = sched["n_frames"]
