@@ -44,6 +44,12 @@ def main() -> None:
     diffusivity, offsets = solver._diffusivity_table(), unknown_offsets(active)
     fick = (region, active.view(np.uint8), diffusivity, offsets, 0, active.shape[0], False)
 
+    # The rollout's decision rule (conserve) on class scores over the electrode's grid, press at 80 %.
+    from calbatch.rollout import decide
+
+    scores = rng.random((*volume.shape, 4), dtype=np.float32)
+    first_void = int(0.8 * volume.shape[0])
+
     big = np.ascontiguousarray(np.tile(volume, (2, 4, 4))[:, :256, :256])  # 250 x 256 x 256, threaded path
     rows = [
         ("contact areas + fractions + thickness", lambda: _core.census(volume, True),
@@ -54,6 +60,8 @@ def main() -> None:
          lambda: _reference.error_sums(volume, other), 50, 5),
         (f"Fick matrix rows, {int(offsets[-1])} unknowns", lambda: _core.fick_rows(*fick),
          lambda: _reference.fick_matrix(region, active, diffusivity), 20, 3),
+        ("decision rule conserve (rollout step)", lambda: decide(scores, volume, "conserve", first_void),
+         lambda: _reference.decide(scores, volume, "conserve", first_void), 30, 5),
         (f"voxelize {n} spheres", lambda: voxelize_spheres(*vox),
          lambda: _reference.voxelize_spheres(*vox), 10, 1),
     ]

@@ -148,3 +148,132 @@ def test_fick_rows_match_the_face_by_face_matrix(shape, slabs):
         np.testing.assert_allclose(got, matrix[rows].toarray(), rtol=1e-14, atol=1e-14)
         np.testing.assert_array_equal(bottom, bottom_g[rows])
         np.testing.assert_array_equal(top, top_g[rows])
+
+
+# --- the rollout's decision rule: _core.decide (through rollout.decide) against _reference.decide ---
+
+RULES = ("argmax", "conserve", "expected")
+
+
+def _scores(kind: str, shape, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    s = rng.random((*shape, 4), dtype=np.float32)
+    if kind == "quantised":  # a few values: many exact ties in the scores and the probabilities
+        s = np.round(s * 3).astype(np.float32) / np.float32(3)
+    elif kind == "two-values":
+        s = rng.integers(0, 2, s.shape).astype(np.float32)
+    elif kind == "wide":  # magnitudes over many octaves, zero totals, negatives and -0
+        s = (rng.standard_normal(s.shape) * 10.0 ** rng.integers(-30, 30, s.shape)).astype(np.float32)
+        s[rng.random(s.shape) < 0.1] = 0.0
+        s[rng.random(s.shape) < 0.05] = -0.0
+    return s
+
+
+def _previous(shape, seed: int, p=(0.4, 0.1, 0.5)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.choice(np.array([0, 1, 2], np.uint8), size=shape, p=p)
+
+
+def _assert_rule_matches(scores, previous, rule, first_void):
+    from calbatch.rollout import decide
+
+    fv = scores.shape[0] if first_void is None else first_void
+    try:
+        want = _reference.decide(scores, previous, rule, fv)
+    except (ValueError, OverflowError) as e:  # `expected` cannot round a sum that is not finite
+        with pytest.raises(type(e)):
+            decide(scores, previous, rule, first_void)
+        return None
+    got = decide(scores, previous, rule, first_void)
+    assert got.dtype == np.uint8 and got.shape == scores.shape[:3]
+    np.testing.assert_array_equal(got, want)
+    return got
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("kind", ["random", "quantised", "two-values", "wide"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_decide_matches_numpy(rule, kind, seed):
+    shape = (13, 9, 11)
+    scores, previous = _scores(kind, shape, seed), _previous(shape, seed + 10)
+    for first_void in (0, 1, 6, 12, 13, None, -3, 20):
+        got = _assert_rule_matches(scores, previous, rule, first_void)
+        if got is None:
+            assert kind == "wide" and rule == "expected"
+            continue
+        fv = min(max(13 if first_void is None else first_void, 0), 13)
+        assert (got[fv:] == 4).all()
+        solid = np.flatnonzero(((got == 1) | (got == 2)).any(axis=(1, 2)))
+        top = solid[-1] if solid.size else -1
+        assert (got[top + 1:] == 4).all() and not (got[:top + 1] == 4).any()  # the void rule
+        if rule == "conserve" and fv == 13:
+            assert np.count_nonzero(got == 2) == np.count_nonzero(previous == 2)
+            assert np.count_nonzero(got == 1) == np.count_nonzero(previous == 1)
+
+
+@pytest.mark.parametrize("rule", ["conserve", "expected"])
+def test_decide_ties_take_the_lowest_index(rule):
+    scores = np.zeros((2, 3, 4, 4), np.float32)
+    scores[..., 2] = scores[..., 1] = scores[..., 0] = 1.0  # every voxel p(AM) = p(CBD) = 1/3
+    previous = np.zeros((2, 3, 4), np.uint8)
+    previous.flat[:8], previous.flat[8:12] = 2, 1  # 8 AM (1/3 of 24 as the model expects), 4 CBD
+    got = _assert_rule_matches(scores, previous, rule, None).ravel()
+    assert (got[:8] == 2).all()
+    assert (got[8:12] == 1).all() if rule == "conserve" else (got[8:16] == 1).all()
+
+
+@pytest.mark.parametrize("kind", ["random", "quantised"])
+@pytest.mark.parametrize("counts", ["none", "no-cbd", "too-many-am", "too-many-cbd", "too-many-both"])
+def test_decide_counts_zero_or_beyond_the_allowed_voxels(kind, counts):
+    shape = (10, 6, 7)
+    p = {"none": (1.0, 0, 0), "no-cbd": (0.5, 0, 0.5), "too-many-am": (0, 0, 1.0), "too-many-cbd": (0.1, 0.8, 0.1),
+         "too-many-both": (0, 0.5, 0.5)}[counts]
+    scores, previous = _scores(kind, shape, 5), _previous(shape, 6, p)
+    for first_void in (0, 3, 5, 10):  # fewer allowed voxels (first_void x 42) than previous holds solids
+        got = _assert_rule_matches(scores, previous, "conserve", first_void)
+        if counts == "none":
+            assert not ((got == 1) | (got == 2)).any()
+
+
+def test_decide_nan_and_inf_scores_as_numpy():
+    shape = (12, 8, 9)
+    scores, previous = _scores("random", shape, 7), _previous(shape, 8, (0.8, 0.05, 0.15))
+    rng = np.random.default_rng(9)
+    scores[rng.random(scores.shape) < 0.05] = np.inf
+    scores[rng.random(scores.shape) < 0.3] = np.nan  # more NaN voxels than AM to place: a NaN threshold
+    for rule in ("argmax", "conserve"):  # `expected` cannot round a NaN sum, in numpy or here
+        for first_void in (0, 7, 12):
+            _assert_rule_matches(scores, previous, rule, first_void)
+
+
+def test_decide_threaded_path_matches_numpy():
+    # 2^22 voxels: the per-voxel passes run on all OpenMP threads.
+    shape = (64, 256, 256)
+    scores, previous = _scores("quantised", shape, 11), _previous(shape, 12)
+    for rule in ("argmax", "conserve"):
+        _assert_rule_matches(scores, previous, rule, 50)
+
+
+def test_decide_in_place_and_bad_arguments():
+    from calbatch.errors import CalbatchError
+    from calbatch.rollout import decide
+
+    scores = _scores("random", (6, 5, 4), 13)
+    previous = np.zeros((6, 5, 4), np.uint8)
+    previous.flat[:30], previous.flat[30:40] = 2, 1
+    out = np.full((6, 5, 4), 9, np.uint8)
+    assert _core.decide(scores, 4, (30, 10), out) is out  # written in place
+    np.testing.assert_array_equal(out, _reference.decide(scores, previous, "conserve", 4))
+    np.testing.assert_array_equal(out, _core.decide(scores, 4, (30, 10)))
+    for bad in (np.zeros((6, 5, 4), np.int8), np.zeros((6, 5, 5), np.uint8), np.zeros((6, 4, 5), np.uint8).transpose(0, 2, 1),
+                np.zeros(120, np.uint8), [[0]]):
+        with pytest.raises(ValueError, match="out must be"):
+            _core.decide(scores, 4, None, bad)
+    with pytest.raises(ValueError, match="scores must have shape"):
+        _core.decide(scores[..., :3].copy(), 4, None)
+    with pytest.raises(ValueError, match="counts must be"):
+        _core.decide(scores, 4, (1, 2, 3))
+    with pytest.raises(CalbatchError, match="unknown rule 'median'"):
+        decide(scores, previous, "median")
+    with pytest.raises(CalbatchError, match="expected shape"):
+        decide(scores[0], previous)

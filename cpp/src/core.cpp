@@ -4,9 +4,11 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <vector>
 #include <stdexcept>
 
 #include "calbatch/census.hpp"
+#include "calbatch/decide.hpp"
 #include "calbatch/fick.hpp"
 #include "calbatch/voxelize.hpp"
 
@@ -65,6 +67,41 @@ static py::tuple voxelize_spheres(const F64Array& centers, const F64Array& radii
     return py::make_tuple(out, top);
 }
 
+static U8Array decide(const py::array_t<float, py::array::c_style>& scores, int64_t first_void,
+                      const py::object& counts, py::object out_obj) {
+    if (scores.ndim() != 4 || scores.shape(3) != 4) throw std::invalid_argument("scores must have shape (nz, ny, nx, 4)");
+    const int64_t nz = scores.shape(0), ny = scores.shape(1), nx = scores.shape(2);
+    if (nz * ny * nx >= (int64_t(1) << 32)) throw std::invalid_argument("scores: at most 2^32 - 1 voxels");
+    const bool top_k = !counts.is_none();
+    int64_t n_am = 0, n_cbd = 0;
+    if (top_k) {
+        auto c = counts.cast<py::tuple>();
+        if (c.size() != 2) throw std::invalid_argument("counts must be (n_am, n_cbd) or None");
+        n_am = c[0].cast<int64_t>(), n_cbd = c[1].cast<int64_t>();
+    }
+    U8Array out;
+    if (out_obj.is_none()) {
+        out = U8Array({nz, ny, nx});
+    } else {
+        // In place: the caller's own buffer, exactly uint8, C-contiguous and writeable (never a copy).
+        if (!py::isinstance<py::array>(out_obj))
+            throw std::invalid_argument("out must be a writeable C-contiguous uint8 array of shape (nz, ny, nx)");
+        auto a = py::reinterpret_borrow<py::array>(out_obj);
+        if (a.dtype().kind() != 'u' || a.itemsize() != 1 ||
+            !(a.flags() & py::array::c_style) || !a.writeable() || a.ndim() != 3 || a.shape(0) != nz ||
+            a.shape(1) != ny || a.shape(2) != nx)
+            throw std::invalid_argument("out must be a writeable C-contiguous uint8 array of shape (nz, ny, nx)");
+        out = py::reinterpret_borrow<U8Array>(out_obj);
+    }
+    thread_local calbatch::DecideScratch scratch;  // kept between calls: a rollout decides every step
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        calbatch::decide(scores.data(), nz, ny, nx, first_void, top_k, n_am, n_cbd, dst, scratch);
+    }
+    return out;
+}
+
 // Hands a buffer to numpy without a copy: the array owns it through a capsule.
 template <typename T>
 static py::array_t<T> to_numpy(calbatch::Buffer<T>&& buffer) {
@@ -113,7 +150,7 @@ static int max_threads() {
 }
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization and Fick matrix rows";
+    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization, Fick matrix rows and the rollout's decision rule";
     m.def("census", &census, py::arg("volume"), py::arg("periodic_xy") = true,
           "One pass over a [z][y][x] uint8 volume: (histogram[256], faces[8][8], top_solid_slice).");
     m.def("error_sums", &error_sums, py::arg("truth"), py::arg("pred"),
@@ -127,5 +164,10 @@ PYBIND11_MODULE(_core, m) {
           " ((indptr, columns, values) of the slab's own columns numbered from its first unknown,"
           " (indptr, columns, values) of the other ranks' columns numbered globally, bottom_g, top_g);"
           " indices int64 if index64 else int32.");
+    m.def("decide", &decide, py::arg("scores"), py::arg("first_void"), py::arg("counts") = py::none(),
+          py::arg("out") = py::none(),
+          "The rollout's decision rule: codes (nz, ny, nx) uint8 from class scores (nz, ny, nx, 4) float32;"
+          " argmax when counts is None, else the (n_am, n_cbd) voxels most probably AM, then CBD (ties by"
+          " index); slices from first_void up void; then the void rule. Written into out when given.");
     m.def("max_threads", &max_threads, "OpenMP threads the kernels use.");
 }

@@ -28,4 +28,10 @@ def fick_rows(
     z1: int,
     index64: bool,
 ) -> tuple[_Csr, _Csr, npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def decide(
+    scores: npt.NDArray[np.float32],
+    first_void: int,
+    counts: tuple[int, int] | None = None,
+    out: npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.uint8]: ...
 def max_threads() -> int: ...

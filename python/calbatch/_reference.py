@@ -78,3 +78,76 @@ def fick_matrix(phases: np.ndarray, active: np.ndarray, diffusivity: np.ndarray)
     top_g[number[-1][active[-1]]] += 2 * d[-1][active[-1]]
     matrix = sparse.coo_matrix((np.concatenate(conductances), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     return (matrix + sparse.diags(bottom_g + top_g)).tocsr(), bottom_g, top_g
+
+
+# --- the rollout's decision rule (``_core.decide``; ``calbatch.rollout.decide`` calls the core) ---
+# Float arithmetic is written out in the order the core does it, all in float32 and elementwise, so
+# the two agree bit for bit: numpy does not promise an order for a reduction such as .sum(axis=1).
+
+_CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
+
+
+def decision_probabilities(below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """p(AM), p(CBD) of voxels' class scores (n, 4) float32: score / max(((s0 + s1) + s2) + s3, 1e-30)."""
+    with np.errstate(all="ignore"):  # overflow, 0/0, inf/inf: IEEE results, as in the core
+        total = ((below[:, 0] + below[:, 1]) + below[:, 2]) + below[:, 3]
+        total = np.maximum(total, np.float32(1e-30))
+        return below[:, 2] / total, below[:, 1] / total
+
+
+def expected_counts(below: np.ndarray) -> tuple[int, int]:
+    """The AM and CBD voxel counts the model expects: its probabilities summed (float64), rounded."""
+    p_am, p_cbd = decision_probabilities(below)
+    with np.errstate(all="ignore"):  # a sum that is not finite fails to round (ValueError, OverflowError)
+        sums = float(p_am.sum(dtype=np.float64)), float(p_cbd.sum(dtype=np.float64))
+    return int(round(sums[0])), int(round(sums[1]))
+
+
+def top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the ``k`` highest of ``score`` (flat), ties broken by index."""
+    n = score.size
+    k = int(min(max(k, 0), n))
+    if k == 0:
+        return np.zeros(n, dtype=bool)
+    thr = np.partition(score, n - k)[n - k]
+    out = score > thr
+    need = k - int(np.count_nonzero(out))
+    if need > 0:
+        out[np.flatnonzero(score == thr)[:need]] = True
+    return out
+
+
+def void_rule(codes: np.ndarray) -> np.ndarray:
+    """Above the highest slice holding AM or CBD void, elsewhere every non-solid voxel pore."""
+    solid = (codes == 2) | (codes == 1)
+    rows = np.flatnonzero(solid.any(axis=(1, 2)))
+    top = rows[-1] if rows.size else -1
+    out = np.where(solid, codes, 0).astype(np.uint8)
+    out[top + 1:] = 4
+    return out
+
+
+def decide(scores: np.ndarray, previous: np.ndarray, rule: str, first_void: int) -> np.ndarray:
+    """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule``, as ``calbatch.rollout.decide``
+    (which calls ``_core.decide``): ``argmax``; ``conserve`` (``previous``'s AM and CBD counts) or
+    ``expected`` (:func:`expected_counts`) given to the voxels most probably AM, then CBD among the
+    rest, ties by voxel index; slices from ``first_void`` up void; then the void rule."""
+    nz = scores.shape[0]
+    fv = int(min(max(first_void, 0), nz))
+    below = np.asarray(scores[:fv], dtype=np.float32).reshape(-1, 4)  # the slices solids may take
+    codes = np.full(scores.shape[:3], 4, dtype=np.uint8)
+    if rule == "argmax":
+        codes[:fv] = _CLASS_CODES[np.argmax(below, axis=-1)].reshape(fv, *scores.shape[1:3])
+        return void_rule(codes)
+    if rule == "conserve":
+        n_am, n_cbd = int(np.count_nonzero(previous == 2)), int(np.count_nonzero(previous == 1))
+    else:
+        n_am, n_cbd = expected_counts(below)
+    p_am, p_cbd = decision_probabilities(below)
+    am = top_k(p_am, n_am)
+    p_cbd[am] = -1.0  # AM first, then CBD among the rest
+    cbd = top_k(p_cbd, n_cbd)
+    flat = np.zeros(below.shape[0], dtype=np.uint8)
+    flat[am], flat[cbd] = 2, 1
+    codes[:fv] = flat.reshape(fv, *scores.shape[1:3])
+    return void_rule(codes)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _core
 from .dataset import conditioning, past_indices
 from .errors import CalbatchError
 from .export import load_onnx
@@ -36,20 +37,6 @@ CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
 
 class ExtrapolationWarning(UserWarning):
     """A rollout at a CD outside the range the model was trained on."""
-
-
-def _top_k(score: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the ``k`` highest of ``score`` (flat), ties broken by index."""
-    n = score.size
-    k = int(min(max(k, 0), n))
-    if k == 0:
-        return np.zeros(n, dtype=bool)
-    thr = np.partition(score, n - k)[n - k]
-    out = score > thr
-    need = k - int(np.count_nonzero(out))
-    if need > 0:
-        out[np.flatnonzero(score == thr)[:need]] = True
-    return out
 
 
 def void_rule(codes: np.ndarray) -> np.ndarray:
@@ -68,31 +55,33 @@ def void_from(press_z: float, voxel_size: float, nz: int) -> int:
     return int(np.clip(np.floor(press_z / voxel_size - 0.5) + 1, 0, nz))
 
 
+def expected_counts(below: np.ndarray) -> tuple[int, int]:
+    """The AM and CBD voxel counts the model expects from class scores (n, 4) float32: the sums
+    (float64) of p = score / max(((s0 + s1) + s2) + s3, 1e-30), in float32 as the core does it, rounded."""
+    with np.errstate(all="ignore"):  # overflow, 0/0, inf/inf: IEEE results, as in the core
+        total = np.maximum(((below[:, 0] + below[:, 1]) + below[:, 2]) + below[:, 3], np.float32(1e-30))
+        sums = float((below[:, 2] / total).sum(dtype=np.float64)), float((below[:, 1] / total).sum(dtype=np.float64))
+    return int(round(sums[0])), int(round(sums[1]))  # a sum that is not finite: ValueError or OverflowError
+
+
 def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", first_void: int | None = None) -> np.ndarray:
     """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule`` (see the module); slices
-    from ``first_void`` up (above the press) are void whatever the scores."""
+    from ``first_void`` up (above the press) are void whatever the scores. The C++ core does the
+    work (``_core.decide``), bit for bit as the numpy reference ``calbatch._reference.decide``."""
     if rule not in RULES:
         raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    if scores.ndim != 4 or scores.shape[-1] != 4:
+        raise CalbatchError(f"class scores: expected shape (nz, ny, nx, 4), got {scores.shape}")
     nz = scores.shape[0]
     fv = nz if first_void is None else int(min(max(first_void, 0), nz))
-    below = np.asarray(scores[:fv], dtype=np.float32).reshape(-1, 4)  # the slices solids may take
-    codes = np.full(scores.shape[:3], VOID, dtype=np.uint8)
     if rule == "argmax":
-        codes[:fv] = CLASS_CODES[np.argmax(below, axis=-1)].reshape(fv, *scores.shape[1:3])
-        return void_rule(codes)
-    total = np.maximum(below.sum(axis=1), np.float32(1e-30))
-    p_am, p_cbd = below[:, 2] / total, below[:, 1] / total
-    if rule == "conserve":
-        n_am, n_cbd = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
+        counts = None
+    elif rule == "conserve":
+        counts = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
     else:
-        n_am, n_cbd = int(round(float(p_am.sum(dtype=np.float64)))), int(round(float(p_cbd.sum(dtype=np.float64))))
-    am = _top_k(p_am, n_am)
-    p_cbd[am] = -1.0  # AM first, then CBD among the rest
-    cbd = _top_k(p_cbd, n_cbd)
-    flat = np.full(below.shape[0], PORE, dtype=np.uint8)
-    flat[am], flat[cbd] = AM, CBD
-    codes[:fv] = flat.reshape(fv, *scores.shape[1:3])
-    return void_rule(codes)
+        counts = expected_counts(scores[:fv].reshape(-1, 4))
+    return _core.decide(scores, fv, counts)
 
 
 def electrode_top(volume: np.ndarray, voxel_size: float, source: str = "start") -> float:
