@@ -179,3 +179,11 @@ def test_liggghts_error_gives_log_path_and_no_series(tiny, tmp_path):
     log = Path(proc.stderr.split("see its log ")[1].strip())
     assert log.is_file() and "ERROR" in log.read_text(errors="replace")
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_asking_liggghts_its_version_leaves_no_log_behind(tmp_path, monkeypatch):
+    from calbatch.dem.runner import liggghts_version
+
+    monkeypatch.chdir(tmp_path)
+    assert liggghts_version().startswith("LIGGGHTS")
+    assert list(tmp_path.iterdir()) == []

@@ -36,7 +36,8 @@ def liggghts_command(nprocs: int = 1) -> list[str]:
 
 def liggghts_version() -> str:
     """The version line LIGGGHTS prints about itself."""
-    out = subprocess.run(liggghts_command() + ["-h"], capture_output=True, text=True, timeout=60).stdout
+    # -log none: LIGGGHTS would otherwise leave a log.liggghts in the current folder
+    out = subprocess.run(liggghts_command() + ["-log", "none", "-h"], capture_output=True, text=True, timeout=60).stdout
     match = re.search(r"LIGGGHTS \(Version ([^,)]*)", out)
     return match.group(1).strip() if match else "unknown"
 
