@@ -29,11 +29,12 @@ def is_root() -> bool:
     return world_rank() == 0
 
 
-def agree(comm, error: BaseException | None) -> None:
+def agree(comm, error: BaseException | CaseError | None) -> None:
     """Call on every rank of ``comm`` before a collective: when any rank had an error, every rank
     raises the lowest rank's error (a CalbatchError stays one, anything else is re-raised as a
     RuntimeError carrying its traceback), so no rank enters the collective alone."""
-    for found in comm.allgather(None if error is None else CaseError(error)):
+    mine = error if error is None or isinstance(error, CaseError) else CaseError(error)
+    for found in comm.allgather(mine):
         if found is not None:
             raise found.exception()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CalbatchError
-from ..mpi import CaseError, run_guarded, split_groups
+from ..mpi import CaseError, agree, run_guarded, split_groups
 from . import report
 from .config import Case, Screen, load
 
@@ -384,12 +384,9 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
         if bar is not None:
             bar.poll()
         time.sleep(0.05)
-    errors = comm.allgather(err)
     if bar is not None:
         bar.close()
-    for e in errors:
-        if e is not None:
-            raise e.exception()
+    agree(comm, err)
     summary = None
     if rank == 0:
         summary = run_guarded(_merge, screen, folder, len(done), len(pending), size, time.perf_counter() - start, plots)
