@@ -1,8 +1,10 @@
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +71,36 @@ def random_volume(shape=(24, 16, 16), seed=0, void_top=4) -> np.ndarray:
 @pytest.fixture
 def volume() -> np.ndarray:
     return random_volume()
+
+
+def onnx_const(name: str, value):
+    """An ONNX Constant node whose output ``name`` holds ``value`` (an array or a scalar)."""
+    import onnx
+
+    return onnx.helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(value), name))
+
+
+def save_model(path, nodes, *, voxel_size: float, kind: str = "calbatch", grid=(24, 16, 16), cd_range=(20, 40),
+               schedule: dict | None = None, meta: dict | None = None) -> Path:
+    """Hand-made ONNX ``nodes`` (from the inputs ``frames`` and ``cond`` to ``output``) saved to ``path`` as a
+    model in calbatch's format, checked: a ``calbatch`` model scores 4 classes per voxel on any grid (x, y
+    multiples of 4), a ``paper`` model regresses the code on ``grid`` only; ``meta``: extra metadata."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    paper = kind == "paper"
+    dims = list(grid) if paper else ["z", "y", "x"]
+    frames = h.make_tensor_value_info("frames", TensorProto.UINT8, ["B", *dims, 3])
+    cond = h.make_tensor_value_info("cond", TensorProto.FLOAT, ["B", 7])
+    out = h.make_tensor_value_info("output", TensorProto.FLOAT, ["B", *dims] + ([] if paper else [4]))
+    model = h.make_model(h.make_graph(nodes, Path(path).stem, [frames, cond], [out]),
+                         opset_imports=[h.make_opsetid("", 17)])
+    h.set_model_props(model, {
+        "format": "calbatch-model/1", "calbatch_version": "test", "kind": kind, "grid_zyx": json.dumps(list(grid)),
+        "fixed_grid": json.dumps(paper), "grid_multiple_xy": "1" if paper else "4", "voxel_size_um": repr(voxel_size),
+        "cd_range_percent": json.dumps(list(cd_range)),
+        "schedule": json.dumps(schedule or {"press_speed_m_s": 0.05, "frame_interval_us": 40.0}), **(meta or {})})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

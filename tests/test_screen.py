@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from calbatch.errors import CalbatchError
-from conftest import BASE_ENV, random_volume
+from conftest import BASE_ENV, onnx_const, random_volume, save_model
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("pydantic")
 from onnx import TensorProto  # noqa: E402
@@ -42,12 +42,7 @@ def tiny_onnx(path, voxel_size=VS, cd_range=(20, 40), grid=(24, 16, 16), fixed_r
     """A hand-made model in calbatch's format (inputs, output, metadata), no training: class scores
     0.15 x one-hot(last frame) + 0.5 + w sin(past frames, position, conditioning), so every rule
     moves voxels. ``fixed_reshape``: the graph only runs on ``grid`` (a case on another grid fails)."""
-    frames = h.make_tensor_value_info("frames", TensorProto.UINT8, ["B", "z", "y", "x", 3])
-    cond = h.make_tensor_value_info("cond", TensorProto.FLOAT, ["B", 7])
-    out = h.make_tensor_value_info("output", TensorProto.FLOAT, ["B", "z", "y", "x", 4])
-    def C(name, arr):
-        return h.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(arr), name))
-
+    C = onnx_const
     nodes = [
         C("codes", np.array([0, 1, 2, 4], np.float32)),
         C("two", np.array(0.15, np.float32)), C("half", np.array(0.5, np.float32)),
@@ -78,18 +73,7 @@ def tiny_onnx(path, voxel_size=VS, cd_range=(20, 40), grid=(24, 16, 16), fixed_r
     ]
     if fixed_reshape:
         nodes += [C("fixed", np.array([-1, *grid, 4], np.int64)), h.make_node("Reshape", ["raw", "fixed"], ["output"])]
-    graph = h.make_graph(nodes, "tiny", [frames, cond], [out])
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    meta = {"format": "calbatch-model/1", "calbatch_version": "test", "kind": "calbatch",
-            "grid_zyx": json.dumps(list(grid)), "fixed_grid": "false", "grid_multiple_xy": "4",
-            "voxel_size_um": repr(voxel_size), "cd_range_percent": json.dumps(list(cd_range)),
-            "schedule": json.dumps({"press_speed_m_s": 0.05, "frame_interval_us": 40.0})}
-    for k, v in meta.items():
-        e = model.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_model(path, nodes, voxel_size=voxel_size, cd_range=cd_range, grid=grid)
 
 
 def screen_cli(*args, ranks=None, timeout=180, popen=False):
@@ -324,11 +308,11 @@ def test_bad_cases_files_are_one_line_errors(workdir, models, monkeypatch, capsy
 
 
 def test_missing_cases_file_and_shipped_model(workdir, monkeypatch, capsys):
-    from calbatch.screen import SHIPPED_MODEL
+    from calbatch.data import shipped_model_path
 
     assert main_cli(monkeypatch, workdir / "none.yaml") == 2
     assert "none.yaml: no such cases file" in capsys.readouterr().err
-    if not SHIPPED_MODEL.exists():
+    if not shipped_model_path().exists():
         cases = write_cases(workdir, E + C)
         assert main_cli(monkeypatch, cases, "--out", workdir / "out") == 2
         err = capsys.readouterr().err.strip()
@@ -502,3 +486,23 @@ def test_example_cases_file_is_valid():
 
     config, _ = parse(DATA_DIR / "example_cases.yaml")
     assert config.electrodes == ["example"] and config.model is None
+
+
+@pytest.mark.mpi
+def test_demo_screens_the_shipped_example_and_reruns_from_its_results(tmp_path):
+    """The README's main job: the shipped model on the shipped example cases (CD 20, 35, 50)."""
+    env = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "calbatch", "demo", "--out", str(tmp_path / "demo"), "--json"]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert (summary["cases"], summary["finished"], summary["failed"]) == (3, 3, 0)
+    with open(tmp_path / "demo" / "results.csv") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: float(r["cd_percent"]))
+    assert [float(r["cd_percent"]) for r in rows] == [20, 35, 50]
+    porosity = [float(r["porosity"]) for r in rows]
+    assert 0.1 < porosity[-1] < porosity[0] < 0.443  # pressing closes pores; the pack starts at 0.443
+    assert all((tmp_path / "demo" / "plots" / p).is_file() for p in ("porosity_vs_cd.png", "tau_vs_cd.png"))
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["ran"], json.loads(again.stdout)["skipped_as_done"]) == (0, 3)

@@ -63,12 +63,9 @@ def test_metrics_cli_table_and_json(tmp_path, volume):
     assert result["thickness_um"] == pytest.approx(20 * 0.5)
 
 
-def test_help_version_and_demo():
+def test_help_and_version():
     assert run_cli("--version").stdout.strip() == f"calbatch {calbatch.__version__}"
     assert "metrics" in run_cli("--help").stdout
-    demo = run_cli("demo", "--json")
-    assert demo.returncode == 0, demo.stderr
-    assert json.loads(demo.stdout)["porosity"] == pytest.approx(measure(read_volume(example_volume_path()))["porosity"])
 
 
 def _bad_inputs(tmp):

@@ -17,6 +17,8 @@
 #endif
 
 namespace py = pybind11;
+
+void bind_rollout(py::module_& m);  // rollout_bindings.cpp
 using U8Array = py::array_t<uint8_t, py::array::c_style>;
 using F64Array = py::array_t<double, py::array::c_style>;
 
@@ -150,7 +152,7 @@ static int max_threads() {
 }
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization, Fick matrix rows and the rollout's decision rule";
+    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization, Fick matrix rows, the rollout's decision rule and its batched step";
     m.def("census", &census, py::arg("volume"), py::arg("periodic_xy") = true,
           "One pass over a [z][y][x] uint8 volume: (histogram[256], faces[8][8], top_solid_slice).");
     m.def("error_sums", &error_sums, py::arg("truth"), py::arg("pred"),
@@ -170,4 +172,5 @@ PYBIND11_MODULE(_core, m) {
           " argmax when counts is None, else the (n_am, n_cbd) voxels most probably AM, then CBD (ties by"
           " index); slices from first_void up void; then the void rule. Written into out when given.");
     m.def("max_threads", &max_threads, "OpenMP threads the kernels use.");
+    bind_rollout(m);
 }

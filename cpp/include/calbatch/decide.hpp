@@ -146,6 +146,17 @@ inline int64_t top_solid(const uint8_t* code, int64_t slices, int64_t plane) {
     return -1;
 }
 
+// The voxelizer's void rule over codes (nz, plane) whose solids lie in the first `slices` slices:
+// above the highest slice holding AM or CBD void, elsewhere every non-solid voxel pore.
+inline void void_rule(uint8_t* out, int64_t nz, int64_t plane, int64_t slices) {
+    const int64_t top = top_solid(out, slices, plane);
+    for (int64_t i = 0; i < (top + 1) * plane; ++i) {
+        const uint8_t c = out[i];
+        out[i] = (c == kAm) | (c == kCbd) ? c : kPore;
+    }
+    std::memset(out + (top + 1) * plane, kVoid, static_cast<size_t>((nz - top - 1) * plane));
+}
+
 }  // namespace decide_detail
 
 // Scratch space of decide, kept between calls (a rollout decides every step).
@@ -189,12 +200,7 @@ inline void decide(const float* scores, int64_t nz, int64_t ny, int64_t nx, int6
         for (int64_t i = 0; i < n; ++i) pc[i] = out[i] == kAm ? -1.0f : pc[i];  // AM first, then CBD among the rest
         take_top_k(pc, n, n_cbd, out, kCbd, scratch.hist, scratch.cand);  // written after AM, as numpy: a voxel in both ends CBD
     }
-    const int64_t top = top_solid(out, fv, plane);
-    for (int64_t i = 0; i < (top + 1) * plane; ++i) {
-        const uint8_t c = out[i];
-        out[i] = (c == kAm) | (c == kCbd) ? c : kPore;
-    }
-    std::memset(out + (top + 1) * plane, kVoid, static_cast<size_t>((nz - top - 1) * plane));
+    void_rule(out, nz, plane, fv);
 }
 
 }  // namespace calbatch

@@ -1,4 +1,4 @@
-"""``calbatch metrics VOLUME`` and ``calbatch demo``: the electrode metrics of one volume."""
+"""``calbatch metrics VOLUME``: the electrode metrics of one volume."""
 
 from __future__ import annotations
 
@@ -15,13 +15,6 @@ def _metrics(args) -> None:
     print_result(result, args.json, f"volume                 {args.volume}\n" + format_table(result))
 
 
-def _demo(args) -> None:
-    from ..data import example_volume_path
-
-    args.volume = example_volume_path()
-    _metrics(args)
-
-
 def _common(p) -> None:
     p.add_argument("--voxel-size", type=finite(), default=DEFAULT_VOXEL_SIZE_UM, help="voxel edge in um (default 0.4)")
     p.add_argument("--nanoporosity", type=finite("fraction"), default=DEFAULT_NANOPOROSITY,
@@ -34,7 +27,3 @@ def add_cli(subparsers) -> None:
     p.add_argument("volume", help="VOLUME: .npy, .tif/.tiff stack or file.h5:/dataset")
     _common(p)
     p.set_defaults(run=_metrics)
-
-    p = subparsers.add_parser("demo", help="run the main job on the shipped example electrode")
-    _common(p)
-    p.set_defaults(run=_demo)

@@ -8,7 +8,7 @@
 """
 
 from .config import Case, Screen, load
-from .predictor import SHIPPED_MODEL, Predictor, shipped_model
+from .predictor import Predictor, shipped_model
 from .run import run_screen
 
-__all__ = ["Case", "Predictor", "SHIPPED_MODEL", "Screen", "load", "run_screen", "shipped_model"]
+__all__ = ["Case", "Predictor", "Screen", "load", "run_screen", "shipped_model"]

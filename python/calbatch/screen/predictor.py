@@ -1,59 +1,34 @@
 """Load a calbatch model once, then roll out and measure any number of (structure, CD) cases with
 no reload and no file I/O per call: the Python API for optimisation loops, and the screen's worker.
 
-The rollout loop is :func:`calbatch.rollout.rollout`'s (the reference), taking an open ONNX Runtime
-session instead of a file: the same input window (:func:`calbatch.dataset.past_indices`), the same
-conditioning (:func:`calbatch.dataset.conditioning`) and the same decision
-(:func:`calbatch.rollout.decide`), so a case's frames equal ``rollout()``'s bit for bit (a test holds
-it to that). Several cases on one grid can share each network call (``batch_size``).
+The rollouts run on :class:`calbatch.engine.Engine` (the C++ core steps the whole batch in place),
+whose frames equal :func:`calbatch.rollout.rollout`'s plain Python loop bit for bit at batch size
+1 (tests/test_engine.py and tests/test_screen.py hold it to that). Several cases on one grid can
+share each network call (``batch_size``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data import shipped_model_path
+from ..engine import Case, Engine
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import RULES, check_input, electrode_top, network_inputs, next_frame, start_frames
-from ..schedule import press_schedule
+from ..rollout import check_input, electrode_top
 from ..volume import validate
-
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "data" / "model.onnx"
 
 
 def shipped_model(option: str = "the model argument") -> Path:
     """The shipped model's path, or a one-line error naming ``option`` when there is none yet."""
-    if not SHIPPED_MODEL.is_file():
-        raise CalbatchError(f"no shipped model yet ({SHIPPED_MODEL} is missing): give a model file with {option}")
-    return SHIPPED_MODEL
-
-
-def _meta_list(meta: dict, key: str, path) -> list:
-    try:
-        return json.loads(meta[key])
-    except (KeyError, ValueError):
-        raise CalbatchError(f"{path}: model metadata {key!r} missing or unreadable") from None
-
-
-@dataclass
-class _Case:
-    """One rollout in progress: its frames (filled as it goes), schedule and step timings."""
-    cd: float
-    h0: float
-    frames: np.ndarray
-    sched: dict
-    t: int  # current frame: the next step predicts frame t + 1
-    wall: np.ndarray = field(default=None)  # type: ignore[assignment]
-
-    @property
-    def done(self) -> bool:
-        return self.t >= len(self.frames) - 1
+    path = shipped_model_path()
+    if not path.is_file():
+        raise CalbatchError(f"no shipped model yet ({path} is missing): give a model file with {option}")
+    return path
 
 
 class Predictor:
@@ -64,33 +39,25 @@ class Predictor:
     ``model``: the ONNX file (default: the shipped model); ``rule``: the decision rule
     (:data:`calbatch.rollout.RULES`); ``voxel_size``: um (default: the model's); ``threads``:
     ONNX Runtime intra-op threads; ``batch_size``: cases on one grid sharing a network call
-    (1 = the reference's exact calls).
+    (1 = the reference's exact calls); ``backend``: where the network runs
+    (:data:`calbatch.engine.BACKENDS`; ``cpu``, the default, is ONNX Runtime on the CPU).
     """
 
     def __init__(self, model: str | Path | None = None, rule: str = "conserve", voxel_size: float | None = None,
-                 threads: int | None = None, batch_size: int = 1):
+                 threads: int | None = None, batch_size: int = 1, backend: str = "cpu"):
         self.model_path = Path(model) if model is not None else shipped_model("Predictor(model=...)")
-        self.session, self.meta = load_onnx(self.model_path, threads)
-        if rule not in RULES:
-            raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
-        self.rule = rule
-        self.model_voxel_size = float(self.meta.get("voxel_size_um", "nan"))
-        self.voxel_size = self.model_voxel_size if voxel_size is None else float(voxel_size)
-        self.cd_range = tuple(float(x) for x in _meta_list(self.meta, "cd_range_percent", self.model_path))
-        sched = json.loads(self.meta.get("schedule", "{}") or "{}")
-        self.speed = sched.get("press_speed_m_s", 0.05)
-        self.frame_interval_us = sched.get("frame_interval_us")
-        self.dt = sched.get("timestep_us")
-        if int(batch_size) < 1:
-            raise CalbatchError(f"batch_size: must be at least 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+        self.engine = Engine(self.model_path, backend=backend, rule=rule, voxel_size=voxel_size, threads=threads,
+                             batch_size=batch_size, opened=load_onnx(self.model_path, threads))
+        e = self.engine
+        self.session, self.meta, self.rule, self.batch_size = e.session, e.meta, e.rule, e.batch_size
+        self.model_voxel_size, self.voxel_size, self.cd_range = e.model_voxel_size, e.voxel_size, e.cd_range
+        self.speed, self.frame_interval_us, self.dt = e.speed, e.frame_interval_us, e.dt
 
     # --- checks -------------------------------------------------------------------------------
 
     def extrapolated(self, cd: float) -> bool:
         """True when ``cd`` lies outside the CD range the model was trained on."""
-        lo, hi = self.cd_range
-        return not lo - 1e-9 <= cd <= hi + 1e-9
+        return self.engine.extrapolated(cd)
 
     def check(self, volume: np.ndarray, source: str = "start") -> tuple[np.ndarray, float]:
         """The validated volume and its top h0, or a one-line error (bad codes, grid, voxel size)."""
@@ -99,65 +66,21 @@ class Predictor:
         check_input(self.meta, self.model_path, volume.shape, self.voxel_size, h0)
         return volume, h0
 
-    # --- the rollout loop ---------------------------------------------------------------------
+    # --- the rollout loop (the screen's worker calls these three) -------------------------------
 
-    def _start(self, start: np.ndarray, cd: float, h0: float | None) -> _Case:
-        given, h0 = start_frames(start, self.voxel_size, h0)
-        check_input(self.meta, self.model_path, given.shape[1:], self.voxel_size, h0)
-        sched = press_schedule(cd, h0, self.speed, self.frame_interval_us, self.dt)
-        n = sched["n_frames"]
-        if given.shape[0] > n:
-            raise CalbatchError(f"start: {given.shape[0]} frames given, the schedule has only {n}")
-        frames = np.empty((n, *given.shape[1:]), dtype=np.uint8)
-        frames[:given.shape[0]] = given
-        return _Case(float(cd), float(h0), frames, sched, given.shape[0] - 1, np.zeros(n))
+    def _start(self, start: np.ndarray, cd: float, h0: float | None, series: bool = True) -> Case:
+        return self.engine.start(start, cd, h0, series)
 
-    def _step(self, cases: list[_Case]) -> None:
-        """One network call for ``cases`` (all on one grid, none done): frame t + 1 of each."""
-        t0 = time.perf_counter()
-        xs, cs = zip(*(network_inputs(c.frames, c.t, c.cd, c.h0, self.voxel_size, c.sched) for c in cases))
-        x = xs[0] if len(cases) == 1 else np.concatenate(xs)
-        cond = cs[0] if len(cases) == 1 else np.concatenate(cs)
-        out = self.session.run(None, {"frames": x, "cond": cond})[0]
-        for k, c in enumerate(cases):  # the same per-step rule as calbatch.rollout, so the frames are equal bit for bit
-            c.frames[c.t + 1] = next_frame(out[k], c.frames[c.t], self.meta.get("kind", ""), self.rule,
-                                           c.sched["press_z_um"][c.t + 1], self.voxel_size)
-        share = (time.perf_counter() - t0) / len(cases)
-        for c in cases:
-            c.wall[c.t + 1] = share
-            c.t += 1
-
-    def _run(self, cases: list[_Case]) -> None:
+    def _run(self, cases: list[Case]) -> None:
         """Step every case to its end, ``batch_size`` cases of one grid per network call."""
-        pending = [c for c in cases if not c.done]
-        while pending:
-            grid = pending[0].frames.shape[1:]
-            batch = [c for c in pending if c.frames.shape[1:] == grid][:self.batch_size]
-            self._step(batch)
-            pending = [c for c in pending if not c.done]
+        self.engine.run(cases)
 
-    def _series(self, case: _Case, start_frames: int) -> dict:
-        s = case.sched
-        nz, ny, nx = case.frames.shape[1:]
-        vs = self.voxel_size
-        attrs = {"cd_percent": case.cd, "uncalendered_top_um": case.h0, "press_lowest_um": float(s["press_lowest_um"]),
-                 "press_speed_m_s": float(self.speed), "release_speed_m_s": 2 * float(self.speed),
-                 "frame_interval_us": float(s["frame_steps"] * s["dt"]), "timestep_us": float(s["dt"]),
-                 "voxel_size_um": vs, "box_um": [nx * vs, ny * vs], "source": "calbatch screen",
-                 "model_file": self.model_path.name, "model_kind": self.meta.get("kind", ""),
-                 "model_calbatch_version": self.meta.get("calbatch_version", ""), "decision_rule": self.rule,
-                 "start_frames": start_frames, "cd_extrapolated": self.extrapolated(case.cd), "microstructure_id": -1}
-        n = len(case.frames)
-        return {"frames": case.frames, "time_us": s["time_us"], "press_z_um": s["press_z_um"], "phase": s["phase"],
-                "wall_time_s": case.wall, "positions": np.zeros((n, 0, 3), np.float32), "radii": np.zeros(0, np.float32),
-                "phases": np.zeros(0, np.uint8), "attrs": attrs}
+    def _series(self, case: Case, start_frames: int | None = None) -> dict:
+        return self.engine.series(case, source="calbatch screen")
 
     def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:
         """Series dicts (:func:`calbatch.rollout.rollout`'s keys) of many cases, batched."""
-        h0s = [None] * len(starts) if h0s is None else list(h0s)
-        cases = [self._start(s, cd, h) for s, cd, h in zip(starts, cds, h0s)]
-        self._run(cases)
-        return [self._series(c, 1 if np.asarray(s).ndim == 3 else 3) for c, s in zip(cases, starts)]
+        return [self._series(c) for c in self.engine.rollouts(starts, cds, h0s)]
 
     def rollout(self, start: np.ndarray, cd: float, h0: float | None = None) -> dict:
         """One case's series (``start``: one volume or its first three frames), as ``rollout()``."""
@@ -188,15 +111,15 @@ class Predictor:
         if len(vols) != len(values):
             raise CalbatchError(f"predict: {len(vols)} structures but {len(values)} CDs (give one, or as many)")
         t0 = time.perf_counter()
-        runs = self.rollouts(vols, values)
-        t_roll = (time.perf_counter() - t0) / max(len(runs), 1)
+        cases = self.engine.rollouts(vols, values, series=series)  # without the series: a ring of 3 frames
+        t_roll = (time.perf_counter() - t0) / max(len(cases), 1)
         results = []
-        for cd, run in zip(values, runs):
-            r = {"cd_percent": cd, "cd_extrapolated": run["attrs"]["cd_extrapolated"], "final": run["frames"][-1],
-                 "timings_s": {"rollout": t_roll}}
-            r.update(self.measure(r["final"], metrics, fick, comm, r["timings_s"]))
+        for cd, case in zip(values, cases):
+            final = case.final if series else case.final.copy()  # a copy: the ring's other frames need not live on
+            r = {"cd_percent": cd, "cd_extrapolated": case.extrapolated, "final": final, "timings_s": {"rollout": t_roll}}
+            r.update(self.measure(final, metrics, fick, comm, r["timings_s"]))
             if series:
-                r["series"] = run
+                r["series"] = self._series(case)
             results.append(r)
         return results[0] if one_structure and one_cd else results
 

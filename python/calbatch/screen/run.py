@@ -118,7 +118,8 @@ class _Progress:
 
 # --- checks before anything is written ------------------------------------------------------------
 
-def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int | None = None):
+def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int | None = None,
+            backend: str | None = None):
     """Check the cases file, the model and every electrode; check the output folder. Returns the
     :class:`Screen`, the output folder and a :class:`~calbatch.screen.Predictor`."""
     from ..volume import read_volume
@@ -126,6 +127,8 @@ def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int
 
     screen = load(cases_file, model)
     c = screen.config
+    if backend:  # --backend overrides the cases file's backend:
+        c.backend = backend
     out = Path(out) if out is not None else Path(f"screen_{screen.source.stem}")
     manifest = out / MANIFEST
     if out.exists() and not out.is_dir():
@@ -145,7 +148,7 @@ def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int
             raise CalbatchError(f"--resume: {changed[0]} differs from the run in {out} ({before.get(changed[0])!r} "
                                 f"there, {now[changed[0]]!r} now); choose another --out")
     predictor = Predictor(screen.model, rule=c.decision, voxel_size=c.voxel_size, threads=threads or c.threads or None,
-                          batch_size=c.batch_size)
+                          batch_size=c.batch_size, backend=c.backend)
     for e in screen.electrodes:
         where = f"{screen.source}, line {e.line}" if e.line else str(screen.source)
         try:
@@ -321,7 +324,7 @@ class _Worker:
 # --- the whole screen -----------------------------------------------------------------------------
 
 def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: int | None = None,
-               progress: bool | None = None, plots: bool = True, comm=None) -> dict:
+               progress: bool | None = None, plots: bool = True, comm=None, backend: str | None = None) -> dict:
     """Run (or, with ``resume``, continue) the screen of ``cases_file`` into ``out``; every rank
     of ``comm`` (default: the world) must call it. Returns the summary on every rank."""
     from mpi4py import MPI
@@ -332,7 +335,7 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
     setup = None
     if rank == 0:
         def first():
-            screen, folder, predictor = prepare(cases_file, out, resume, model, threads)
+            screen, folder, predictor = prepare(cases_file, out, resume, model, threads, backend)
             attempt = _start_folder(screen, folder)
             done = finished(folder)
             return screen, folder, predictor, attempt, sorted(done)
@@ -366,7 +369,7 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
 
             c = screen.config
             predictor = Predictor(screen.model, rule=c.decision, voxel_size=c.voxel_size,
-                                  threads=threads or c.threads or None, batch_size=c.batch_size)
+                                  threads=threads or c.threads or None, batch_size=c.batch_size, backend=c.backend)
         else:
             predictor = None
         worker = _Worker(screen, folder, predictor, comm, sub, leader, writer)
