@@ -26,9 +26,9 @@ if ! "$PY" -c "import scikit_build_core, pybind11, numpy" 2>/dev/null; then
   say "pip install build tools"
   pip_quiet scikit-build-core pybind11 numpy
 fi
-if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, h5py, scipy, tifffile, yaml, pydantic, matplotlib, tqdm, pytest, ruff" 2>/dev/null; then
+if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, optuna, h5py, scipy, tifffile, yaml, pydantic, matplotlib, tqdm, pytest, ruff" 2>/dev/null; then
   say "pip install the scientific stack (tensorflow-cpu, onnxruntime, ...; a few minutes)"
-  pip_quiet "tensorflow-cpu>=2.16" "tf2onnx>=1.16" onnx onnxruntime h5py scipy tifffile pyyaml pydantic matplotlib tqdm pytest ruff
+  pip_quiet "tensorflow-cpu>=2.16" "tf2onnx>=1.16" onnx onnxruntime "optuna>=3.4" h5py scipy tifffile pyyaml pydantic matplotlib tqdm pytest ruff
 fi
 
 # 3. mpi4py and petsc4py compiled against Debian's Open MPI and PETSc 3.18 (about 4 minutes).

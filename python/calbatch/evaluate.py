@@ -1,83 +1,229 @@
-"""A first ``calbatch evaluate``: an exported model against DEM series. Per series a free rollout
-from frame 0 alone and from the first 3 frames, a teacher-forced pass (true frames in, one step
-out), and the persistence baseline (frame 0 repeated); per frame R^2 (the paper's eq. 3), the AM
-voxel volume against the DEM's, and on the final frame porosity and thickness. The contact areas,
-D_eff / tau, IoU, baselines beyond persistence and the plots of issue 10 are still to come.
+"""``calbatch evaluate``: an exported model against DEM series (issue 10, item 6).
+
+Per series, every pass below is a full series of frames scored against the DEM's
+(:mod:`calbatch.evaluate_scores`: per frame MSE, MAE, R^2, IoU, phase volumes, thickness; on the
+final relaxed frame porosity, contact areas, D_eff and tau as value / DEM / relative error):
+
+- ``free_from_frame0``, ``free_from_3_frames``: free rollouts (:func:`calbatch.rollout.rollout`)
+  from the uncalendered frame alone and from the first three DEM frames;
+- ``teacher_forced``: every step from the true previous frames (one step out);
+- ``persistence`` and ``press_affine``: the baselines of :mod:`calbatch.baselines`;
+- ``twin``: a twin DEM series (the same pack and CD rerun with another time step), the ceiling,
+  when one is given; twins are matched to series by microstructure id and CD.
+
+The training set's same-CD mean porosity (from the model's metadata) is scored on porosity alone.
+Inputs are all checked before any work starts; the JSON report and the plots
+(:mod:`calbatch.evaluate_plots`) are written at the end.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import conditioning, past_indices
+from . import baselines
 from .errors import CalbatchError
+from .evaluate_scores import CONTACTS, final_scores, final_state, frame_state, per_frame, triple
 from .export import load_onnx
-from .metrics import compare, measure
-from .rollout import CLASS_CODES, decide, rollout, void_from, void_rule
+from .rollout import ExtrapolationWarning, check_input, network_inputs, next_frame, rollout
 from .series import read_series
-from .volume import AM
+
+PASSES = ("free_from_frame0", "free_from_3_frames", "teacher_forced", "persistence", "press_affine", "twin")
+MIN_FRAMES = 4  # three given frames and one to predict
 
 
-def _teacher_forced(sess, meta, s: dict, rule: str) -> np.ndarray:
-    frames, a = s["frames"], s["attrs"]
-    cd, h0, vs = float(a["cd_percent"]), float(a["uncalendered_top_um"]), float(a["voxel_size_um"])
+class _Case:
+    """One series (and its twin) read and checked against the model."""
+
+    def __init__(self, path: Path, meta: dict, model: Path):
+        self.path = Path(path)
+        s = read_series(self.path)
+        if "frames" not in s:
+            raise CalbatchError(f"{path}: no voxel frames (/frames); run `calbatch dem revoxelize` on it first")
+        if len(s["frames"]) < MIN_FRAMES:
+            raise CalbatchError(f"{path}: series has {len(s['frames'])} frames, evaluate needs at least {MIN_FRAMES}")
+        a = s["attrs"]
+        try:
+            self.cd, self.h0, self.vs = float(a["cd_percent"]), float(a["uncalendered_top_um"]), float(a["voxel_size_um"])
+            self.key = (int(a["microstructure_id"]), round(self.cd, 6))
+            self.kw = {"h0": self.h0, "speed": float(a["press_speed_m_s"]), "frame_interval_us": float(a["frame_interval_us"]),
+                       "dt": float(a["timestep_us"]) if "timestep_us" in a else None}
+        except KeyError as exc:
+            raise CalbatchError(f"{path}: series attribute {exc.args[0]!r} missing") from None
+        check_input(meta, model, s["frames"].shape[1:], self.vs, self.h0)
+        self.s, self.frames = s, s["frames"]
+        self.twin: dict | None = None
+        self.twin_path: Path | None = None
+
+    def attach_twin(self, path: Path, twin: dict) -> None:
+        if self.twin is not None:
+            raise CalbatchError(f"{path}: a second twin for {self.path} (the first is {self.twin_path})")
+        if twin["frames"].shape != self.frames.shape:
+            raise CalbatchError(f"{path}: twin frames {list(twin['frames'].shape)} differ from {self.path}'s "
+                                f"{list(self.frames.shape)} (frames, z, y, x)")
+        if abs(float(twin["attrs"]["voxel_size_um"]) - self.vs) > 1e-9:
+            raise CalbatchError(f"{path}: twin voxel size {float(twin['attrs']['voxel_size_um']):g} um, "
+                                f"{self.path} has {self.vs:g} um")
+        self.twin, self.twin_path = twin, Path(path)
+
+
+def _attach_twins(cases: list[_Case], twins) -> None:
+    by_key = {}
+    for c in cases:
+        by_key.setdefault(c.key, []).append(c)
+    for path in twins:
+        t = read_series(Path(path))
+        if "frames" not in t:
+            raise CalbatchError(f"{path}: no voxel frames (/frames); run `calbatch dem revoxelize` on it first")
+        try:
+            key = (int(t["attrs"]["microstructure_id"]), round(float(t["attrs"]["cd_percent"]), 6))
+        except KeyError as exc:
+            raise CalbatchError(f"{path}: series attribute {exc.args[0]!r} missing") from None
+        if key not in by_key:
+            raise CalbatchError(f"{path}: twin of microstructure {key[0]} at CD {key[1]:g} % matches none of the series")
+        for c in by_key[key]:
+            c.attach_twin(Path(path), t)
+
+
+def teacher_forced(sess, meta: dict, case: _Case, rule: str) -> np.ndarray:
+    """Frame t + 1 predicted from the true frames up to t, for every t (frame 0 as given)."""
+    frames, s = case.frames, case.s
     out = [frames[0]]
     for t in range(len(frames) - 1):
-        x = np.ascontiguousarray(np.moveaxis(frames[past_indices(t)], 0, -1))[None]
-        c = conditioning(cd, h0, vs, s["press_z_um"][t], s["press_z_um"][t + 1], s["phase"][t + 1])[None]
+        x, c = network_inputs(frames, t, case.cd, case.h0, case.vs, s)
         y = sess.run(None, {"frames": x, "cond": c})[0][0]
-        if meta.get("kind") == "paper":
-            out.append(void_rule(CLASS_CODES[np.argmin(np.abs(y[..., None] - CLASS_CODES), axis=-1)]))
-        else:
-            out.append(decide(y, frames[t], rule, void_from(s["press_z_um"][t + 1], vs, frames.shape[1])))
+        out.append(next_frame(y, frames[t], meta.get("kind", ""), rule, s["press_z_um"][t + 1], case.vs))
     return np.stack(out)
 
 
-def _scores(truth: np.ndarray, pred: np.ndarray, vs: float, first: int) -> dict:
-    """Per-frame R^2 (frames from ``first`` on), AM volume ratio, final porosity and thickness."""
-    r2 = [compare(truth[t], pred[t])["r2"] for t in range(first, len(truth))]
-    am = [float(np.count_nonzero(pred[t] == AM) / max(np.count_nonzero(truth[t] == AM), 1)) for t in range(len(truth))]
-    mt, mp = measure(truth[-1], vs), measure(pred[-1], vs)
-    return {"r2_per_frame": r2, "r2_mean": float(np.mean(r2)), "r2_worst": float(np.min(r2)),
-            "am_volume_ratio_per_frame": am, "am_volume_error_max": float(np.max(np.abs(np.array(am) - 1))),
-            "final_porosity": mp["porosity"], "final_porosity_dem": mt["porosity"],
-            "final_porosity_rel_error": (mp["porosity"] - mt["porosity"]) / mt["porosity"] if mt["porosity"] else None,
-            "final_thickness_voxels": mp["thickness_voxels"], "final_thickness_dem_voxels": mt["thickness_voxels"]}
+def _predictions(model: Path, sess, meta: dict, case: _Case, rule: str, threads) -> tuple[dict, dict, bool]:
+    """Every pass's frames (see the module), the model's seconds per step, the extrapolation flag."""
+    frames = case.frames
+    kw = {**case.kw, "rule": rule, "threads": threads, "progress": False}
+    with warnings.catch_warnings():  # warned once per series by evaluate(), not once per rollout
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        free1 = rollout(model, frames[0], case.cd, case.vs, **kw)
+        free3 = rollout(model, frames[:3], case.cd, case.vs, **kw)
+    if len(free1["frames"]) != len(frames):
+        raise CalbatchError(f"{case.path}: the rollout has {len(free1['frames'])} frames, the series {len(frames)}: "
+                            "the schedule differs from the DEM's")
+    t0 = time.perf_counter()
+    forced = teacher_forced(sess, meta, case, rule)
+    timing = {"rollout_s_per_step": float(np.mean(free1["wall_time_s"][1:])),
+              "teacher_forced_s": time.perf_counter() - t0}
+    preds = {"free_from_frame0": (free1["frames"], 1), "free_from_3_frames": (free3["frames"], 3),
+             "teacher_forced": (forced, 1), "persistence": (baselines.persistence(frames[0], len(frames)), 1),
+             "press_affine": (baselines.press_affine(frames[0], case.s["press_z_um"], case.h0), 1)}
+    if case.twin is not None:
+        preds["twin"] = (case.twin["frames"], 1)
+    return preds, timing, bool(free1["attrs"]["cd_extrapolated"])
 
 
-def evaluate(model: Path, series: list[Path], rule: str = "conserve", threads: int | None = None) -> dict:
-    """The report of ``model`` on each of ``series`` (see the module)."""
-    sess, meta = load_onnx(Path(model), threads)
-    reports = []
-    for path in series:
-        s = read_series(Path(path))
-        if "frames" not in s:
-            raise CalbatchError(f"{path}: no voxel frames (/frames); run `calbatch dem revoxelize` on it first")
-        frames, a = s["frames"], s["attrs"]
-        vs = float(a["voxel_size_um"])
-        kw = {"h0": float(a["uncalendered_top_um"]), "speed": float(a["press_speed_m_s"]),
-              "frame_interval_us": float(a["frame_interval_us"]), "dt": float(a.get("timestep_us", 5e-4)),
-              "rule": rule, "threads": threads, "progress": False}
-        r = {"series": str(path), "cd_percent": float(a["cd_percent"]), "frames": int(len(frames))}
-        free1 = rollout(Path(model), frames[0], float(a["cd_percent"]), vs, **kw)
-        if len(free1["frames"]) != len(frames):
-            raise CalbatchError(f"{path}: the rollout has {len(free1['frames'])} frames, the series {len(frames)}: "
-                                "the schedule differs from the DEM's")
-        free3 = rollout(Path(model), frames[:3], float(a["cd_percent"]), vs, **kw)
-        r["cd_extrapolated"] = bool(free1["attrs"]["cd_extrapolated"])
-        r["seconds_per_step"] = float(np.mean(free1["wall_time_s"][1:]))
-        r["free_from_frame0"] = _scores(frames, free1["frames"], vs, 1)
-        r["free_from_3_frames"] = _scores(frames, free3["frames"], vs, 3)
-        r["teacher_forced"] = _scores(frames, _teacher_forced(sess, meta, s, rule), vs, 1)
-        r["persistence"] = _scores(frames, np.repeat(frames[:1], len(frames), axis=0), vs, 1)
+def _slices(frames: np.ndarray, picks) -> np.ndarray:
+    """x-z slices at mid y of the frames ``picks`` (for the plots)."""
+    return np.stack([frames[i][:, frames.shape[2] // 2, :] for i in picks])
+
+
+def evaluate_case(model: Path, sess, meta: dict, case: _Case, rule: str, threads, fick: bool) -> tuple[dict, dict]:
+    """The report of one series, and its slices for the plots."""
+    preds, timing, extrapolated = _predictions(model, sess, meta, case, rule, threads)
+    frames, vs = case.frames, case.vs
+    t0 = time.perf_counter()
+    dem_states = [frame_state(f, vs) for f in frames]
+    dem_final = final_state(frames[-1], vs, fick)
+    passes = {}
+    for name, (pred, first) in preds.items():
+        scores = per_frame(frames, pred, dem_states, vs, first)
+        scores["final"] = final_scores(final_state(pred[-1], vs, fick), dem_final)
+        passes[name] = scores
+    timing["scoring_s"] = time.perf_counter() - t0
+    base = baselines.training_porosity(meta, case.cd)
+    a = case.s["attrs"]
+    report = {"series": str(case.path), "microstructure_id": case.key[0], "cd_percent": case.cd,
+              "cd_extrapolated": extrapolated, "frames": int(len(frames)),
+              "time_us": np.asarray(case.s["time_us"]).tolist(), "stage": [str(p) for p in case.s["phase"]],
+              "timestep_us": float(a["timestep_us"]) if "timestep_us" in a else None,
+              "twin": str(case.twin_path) if case.twin_path else None,
+              "twin_timestep_us": float(case.twin["attrs"].get("timestep_us", np.nan)) if case.twin else None,
+              "dem": {"frames": dem_states, "final": dem_final}, "passes": passes,
+              "training_mean_porosity": (None if base is None else {"porosity": triple(base["mean"], dem_final["porosity"]),
+                                                                    "training_series": base["n"]}),
+              "timings": timing}
+    picks = sorted({0, int(np.argmin(case.s["press_z_um"])), len(frames) // 4, len(frames) - 1})
+    slices = {"frames": picks, "dem": _slices(frames, picks), "free_from_frame0": _slices(preds["free_from_frame0"][0], picks)}
+    if "twin" in preds:
+        slices["twin"] = _slices(preds["twin"][0], picks)
+    return report, slices
+
+
+def _abs_stats(values) -> dict:
+    v = [abs(x) for x in values if x is not None and np.isfinite(x)]
+    return {"mean_abs": float(np.mean(v)) if v else None, "worst_abs": float(np.max(v)) if v else None, "n": len(v)}
+
+
+def summarize(reports: list[dict]) -> dict:
+    """Per pass, over the series: means and worst values of the per-series numbers."""
+    summary = {}
+    for name in PASSES:
+        got = [r["passes"][name] for r in reports if name in r["passes"]]
+        if not got:
+            continue
+        fin = [p["final"] for p in got]
+        entry = {"series": len(got), "r2_mean": float(np.mean([p["r2_mean"] for p in got])),
+                 "r2_worst": float(np.min([p["r2_worst"] for p in got])),
+                 "mse_mean": float(np.mean([p["mse_mean"] for p in got])), "mae_mean": float(np.mean([p["mae_mean"] for p in got])),
+                 "iou_mean": {k: float(np.mean([p["iou_mean"][k] for p in got])) for k in got[0]["iou_mean"]},
+                 "am_volume_error_max": max((p["am_volume_error_max"] for p in got if p["am_volume_error_max"] is not None),
+                                            default=None),
+                 "final_porosity_error": _abs_stats(f["porosity"]["rel_error"] for f in fin),
+                 "final_thickness_error_voxels": _abs_stats(f["thickness_voxels"]["error"] for f in fin),
+                 "contact_area_error": _abs_stats(f["contact_area_um2"][k]["rel_error"] for f in fin for k in CONTACTS)}
+        if all("d_eff_rel" in f for f in fin):
+            entry["d_eff_error"] = _abs_stats(f["d_eff_rel"]["rel_error"] for f in fin)
+            entry["tau_error"] = _abs_stats(f["tau"]["rel_error"] for f in fin)
+        summary[name] = entry
+    base = [r["training_mean_porosity"] for r in reports if r["training_mean_porosity"]]
+    if base:
+        summary["training_mean_porosity"] = {"series": len(base),
+                                             "final_porosity_error": _abs_stats(b["porosity"]["rel_error"] for b in base)}
+    return summary
+
+
+def evaluate(model: Path, series, twins=(), rule: str = "conserve", threads: int | None = None, fick: bool = True,
+             out: Path | None = None, progress: bool | None = None) -> dict:
+    """The report of ``model`` on each of ``series`` (see the module); with ``out`` also the PNG
+    plots there (listed under ``plots``). A CD outside the model's trained range is flagged
+    ``cd_extrapolated`` and warned about (:class:`calbatch.rollout.ExtrapolationWarning`)."""
+    from tqdm import tqdm
+
+    model = Path(model)
+    sess, meta = load_onnx(model, threads)
+    if fick:  # fail now, not after the rollouts
+        import mpi4py  # noqa: F401
+        import petsc4py  # noqa: F401
+    cases = [_Case(Path(p), meta, model) for p in series]
+    _attach_twins(cases, twins)
+    reports, slices = [], []
+    show = sys.stderr.isatty() if progress is None else progress
+    t0 = time.perf_counter()
+    for case in tqdm(cases, desc="evaluate", unit="series", file=sys.stderr, disable=not show, leave=False):
+        r, sl = evaluate_case(model, sess, meta, case, rule, threads, fick)
+        if r["cd_extrapolated"]:
+            lo, hi = json.loads(meta["cd_range_percent"])
+            warnings.warn(f"{case.path}: CD {case.cd:g} % is outside the model's trained range {lo:g}-{hi:g} %: "
+                          "an extrapolation (flagged cd_extrapolated)", ExtrapolationWarning, stacklevel=2)
         reports.append(r)
-    keys = ("free_from_frame0", "free_from_3_frames", "teacher_forced", "persistence")
-    summary = {k: {"r2_mean": float(np.mean([r[k]["r2_mean"] for r in reports])),
-                   "r2_worst": float(np.min([r[k]["r2_worst"] for r in reports])),
-                   "final_porosity_abs_rel_error_mean": float(np.mean([abs(r[k]["final_porosity_rel_error"] or 0)
-                                                                       for r in reports])),
-                   "am_volume_error_max": float(np.max([r[k]["am_volume_error_max"] for r in reports]))}
-               for k in keys}
-    return {"model": str(model), "decision_rule": rule, "summary": summary, "series": reports}
+        slices.append(sl)
+    report = {"model": str(model), "model_kind": meta.get("kind", ""), "cd_range_percent": meta.get("cd_range_percent"),
+              "decision_rule": rule, "fick": fick, "has_training_porosity": "training_final_porosity_by_cd" in meta,
+              "summary": summarize(reports), "series": reports, "wall_time_s": time.perf_counter() - t0}
+    if out is not None:
+        from .evaluate_plots import plot_all
+
+        report["plots"] = plot_all(report, slices, Path(out))
+    return report

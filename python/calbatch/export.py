@@ -16,8 +16,28 @@ MODEL_FORMAT = "calbatch-model/1"
 DEFAULT_OPSET = 17
 
 
-def metadata(run: dict) -> dict:
-    """The ONNX metadata of a trained run (string values; JSON where structured)."""
+def training_porosity(run: dict) -> dict:
+    """The final (relaxed) frame's porosity of each training series of ``run``, averaged per CD:
+    ``{"20": {"mean": 0.41, "n": 2}, ...}`` -- the same-CD baseline of ``calbatch evaluate``.
+    Series that are no longer readable are left out (the baseline is then absent for their CD)."""
+    import h5py
+
+    from .metrics import measure
+
+    by_cd: dict[str, list[float]] = {}
+    for path in run.get("train", []):
+        try:
+            with h5py.File(path, "r") as f:
+                last, cd = f["frames"][-1], float(f.attrs["cd_percent"])
+        except (OSError, KeyError):
+            continue
+        by_cd.setdefault(f"{cd:g}", []).append(measure(last, float(run["voxel_size_um"]))["porosity"])
+    return {cd: {"mean": float(np.mean(v)), "n": len(v)} for cd, v in sorted(by_cd.items(), key=lambda kv: float(kv[0]))}
+
+
+def metadata(run: dict, porosity: dict | None = None) -> dict:
+    """The ONNX metadata of a trained run (string values; JSON where structured); ``porosity``:
+    :func:`training_porosity` (left out when None)."""
     from . import __version__
 
     kind = run["kind"]
@@ -33,6 +53,7 @@ def metadata(run: dict) -> dict:
         "conditioning": json.dumps(list(COND_NAMES)),
         "output": "scores over class_codes (B, nz, ny, nx, 4): unnormalised probabilities" if kind == "calbatch" else "codes (B, nz, ny, nx)",
         "schedule": json.dumps(run.get("schedule", {})), "config": json.dumps(run["config"]),
+        **({"training_final_porosity_by_cd": json.dumps(porosity)} if porosity is not None else {}),
     }
 
 
@@ -56,8 +77,9 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
     def forward(frames, cond):
         return {"output": model([frames, cond], training=False)}
 
+    porosity = training_porosity(run)
     proto, _ = tf2onnx.convert.from_function(forward, input_signature=sig, opset=opset)
-    for k, v in metadata(run).items():
+    for k, v in metadata(run, porosity).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     out = Path(out)
@@ -72,7 +94,8 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
         onnx_out = onnx_out / onnx_out.sum(axis=-1, keepdims=True)
     return {"out": str(out), "opset": opset, "max_abs_diff": float(np.max(np.abs(keras_out - onnx_out))),
             "max_rel_diff": raw,
-            "check_grid_zyx": list(check_grid or run["grid_zyx"]), "bytes": out.stat().st_size}
+            "check_grid_zyx": list(check_grid or run["grid_zyx"]), "bytes": out.stat().st_size,
+            "training_final_porosity_by_cd": porosity}
 
 
 def random_input(grid, voxel_size: float, seed: int = 0):

@@ -165,8 +165,8 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
         else:
             state["bad_epochs"] += 1
         _write_atomic(state_path, json.dumps(state, indent=1))
-        if show:
-            tqdm.write(f"epoch {epoch + 1}: train {np.mean(losses):.4f} val {val}", file=sys.stderr)
+        # one line an epoch even without a terminal (a log file then shows the progress)
+        tqdm.write(f"epoch {epoch + 1}/{epochs}: train {np.mean(losses):.4f} val {val}", file=sys.stderr)
         if state["bad_epochs"] >= patience:
             break
     return {"out": str(out), "kind": kind, "params": int(model.count_params()), **state,

@@ -1,4 +1,4 @@
-"""``calbatch train | export | rollout | evaluate``: the learned frame model's command line."""
+"""``calbatch train | tune | export | rollout | evaluate``: the learned frame model's command line."""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ def _export(args) -> None:
     r = export(model, run, Path(args.out), opset=args.opset, check_grid=args.check_grid)
     print_result(r, args.json, f"{r['out']}  opset {r['opset']}  {r['bytes']:,d} bytes  "
                                f"max |ONNX - Keras| {r['max_abs_diff']:.2e} (raw outputs: {r['max_rel_diff']:.1e} of the "
-                               f"largest) on {r['check_grid_zyx']}")
+                               f"largest) on {r['check_grid_zyx']}\n"
+                               f"training final porosity (evaluate's same-CD baseline) at CD "
+                               f"{', '.join(r['training_final_porosity_by_cd']) or 'none (no readable training series)'} %")
 
 
 def _rollout(args) -> None:
@@ -96,31 +98,103 @@ def _rollout(args) -> None:
                                f"{r['seconds_per_step']:.3f} s/step{flag}")
 
 
+def _pct(value) -> str:
+    """A fraction as a percentage; a mean-abs statistic as its mean; '-' when absent."""
+    if isinstance(value, dict):
+        value = value.get("mean_abs")
+    return "-" if value is None else f"{100 * abs(value):.1f}%"
+
+
+def _signed(value) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}%"
+
+
+def _evaluate_table(r: dict) -> str:
+    """The summary per pass (means over the series, worst R^2) and one line per series."""
+    lines = [f"{'pass':<22} {'R2 mean':>7} {'R2 worst':>8} {'IoU AM':>6} {'AM vol':>7} {'porosity':>8} {'contact':>7} "
+             f"{'D_eff':>6} {'tau':>6} {'thick':>5}"]
+    for name, v in r["summary"].items():
+        if "r2_mean" not in v:  # the training-set porosity baseline: porosity only
+            lines.append(f"{name:<22} {'-':>7} {'-':>8} {'-':>6} {'-':>7} {_pct(v['final_porosity_error']):>8}")
+            continue
+        thick = v["final_thickness_error_voxels"]["mean_abs"]
+        lines.append(f"{name:<22} {v['r2_mean']:7.3f} {v['r2_worst']:8.3f} {v['iou_mean']['AM']:6.3f} "
+                     f"{_pct(v['am_volume_error_max']):>7} {_pct(v['final_porosity_error']):>8} {_pct(v['contact_area_error']):>7} "
+                     f"{_pct(v.get('d_eff_error')):>6} {_pct(v.get('tau_error')):>6} {thick:5.1f}")
+    lines.append("(R2 over frames; IoU AM mean; AM vol: worst |volume error| in any frame; porosity, contact areas, D_eff, "
+                 "tau: mean |relative error| on the final frame; thick: mean |final thickness error| in voxels)")
+    lines.append(f"{'series':<28} {'CD':>4} {'R2 free':>7} {'porosity':>8} {'D_eff':>6}  flag  "
+                 "(free rollout from frame 0; relative errors of the final frame)")
+    for s in r["series"]:
+        p = s["passes"]["free_from_frame0"]
+        d = p["final"].get("d_eff_rel", {}).get("rel_error")
+        lines.append(f"{Path(s['series']).name:<28} {s['cd_percent']:4g} {p['r2_mean']:7.3f} "
+                     f"{_signed(p['final']['porosity']['rel_error']):>8} {_signed(d):>6}  "
+                     f"{'CD EXTRAPOLATED' if s['cd_extrapolated'] else ''}")
+    if "plots" in r:
+        lines.append(f"report and plots in {Path(r['plots'][0]).parent}")
+    return "\n".join(lines)
+
+
 def _evaluate(args) -> None:
+    import warnings
+
     from ..evaluate import evaluate
+    from ..rollout import ExtrapolationWarning
+    from .output import to_json
 
-    r = evaluate(Path(args.model), [Path(s) for s in args.series], args.decision, args.threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExtrapolationWarning)
+        r = evaluate(Path(args.model), [Path(s) for s in args.series], [Path(t) for t in args.twin], args.decision,
+                     args.threads, fick=not args.no_fick, out=Path(args.out) if args.out else None)
+    r["warnings"] = [str(w.message) for w in caught]
+    for w in caught:
+        sys.stderr.write(f"calbatch evaluate: warning: {w.message}\n")
     if args.out:
-        from .output import to_json
+        path = Path(args.out) / "evaluation.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(to_json(r))
+        tmp.replace(path)
+    print_result(r, args.json, _evaluate_table(r))
 
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "evaluation.json").write_text(to_json(r))
-    lines = [f"{'pass':<20} {'R2 mean':>8} {'R2 worst':>9} {'|dporosity|':>12} {'AM vol err':>11}"]
-    for k, v in r["summary"].items():
-        lines.append(f"{k:<20} {v['r2_mean']:8.3f} {v['r2_worst']:9.3f} {v['final_porosity_abs_rel_error_mean']:12.3f} "
-                     f"{v['am_volume_error_max']:11.3f}")
-    if any(s["cd_extrapolated"] for s in r["series"]):
-        lines.append("warning: some CDs are outside the model's trained range (flagged cd_extrapolated)")
+
+def _tune(args) -> None:
+    _quiet_tensorflow()
+    from ..dataset import parse_split
+    from ..tune import tune
+
+    r = tune([Path(s) for s in args.series], Path(args.out), kind=args.model, trials=args.trials, epochs=args.epochs,
+             max_windows=args.max_windows, max_val_windows=args.max_val_windows, crop=args.crop,
+             batch_size=args.batch_size, score_horizon=args.score_horizon,
+             test_split=parse_split(args.test_split) if args.test_split else None, val_fraction=args.val_fraction,
+             seed=args.seed, resume=args.resume)
+    lines = [f"{'trial':>5} {'state':<9} {'score':>9}  parameters"]
+    for t in r["trials"]:
+        score = "-" if t["value"] is None else f"{t['value']:.5f}"
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+        lines.append(f"{t['number']:5d} {t['state']:<9} {score:>9}  {params}")
+    best = r["best"]
+    if best:
+        lines.append(f"best: trial {best['number']} (validation score {best['value']:.5f}); train it in full with\n"
+                     f"  calbatch train SERIES... --out RUN {' '.join(best['train_options'])}")
+    lines.append(f"study {r['storage']}; results {Path(args.out) / 'study.json'}, {Path(args.out) / 'best.json'}")
     print_result(r, args.json, "\n".join(lines))
+
+
+def _training_parser(subparsers, name: str, help: str, out_help: str):
+    """The parser of a command that trains on DEM series (train, tune): the series, --out, --model."""
+    p = subparsers.add_parser(name, help=help)
+    p.add_argument("series", nargs="+", help="series files with voxel frames (.h5)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--model", choices=("calbatch", "paper"), default="calbatch", help="model kind (default calbatch)")
+    return p
 
 
 def add_cli(subparsers) -> None:
     from ..rollout import RULES
 
-    p = subparsers.add_parser("train", help="train a frame model on DEM series (checkpoints, resume, early stop)")
-    p.add_argument("series", nargs="+", help="series files with voxel frames (.h5)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, run.json, state.json)")
-    p.add_argument("--model", choices=("calbatch", "paper"), default="calbatch", help="model kind (default calbatch)")
+    p = _training_parser(subparsers, "train", "train a frame model on DEM series (checkpoints, resume, early stop)",
+                         "run folder (checkpoints, run.json, state.json)")
     p.add_argument("--epochs", type=count(), default=20, help="epochs at most (default 20)")
     p.add_argument("--batch-size", type=count(), default=2, help="windows per batch (default 2)")
     p.add_argument("--lr", type=finite(), default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -176,9 +250,33 @@ def add_cli(subparsers) -> None:
     rollout_common(p)
     p.set_defaults(run=_rollout)
 
-    p = subparsers.add_parser("evaluate", help="free and teacher-forced rollouts against DEM series")
+    p = subparsers.add_parser("evaluate", help="free and teacher-forced rollouts and baselines against DEM series")
     p.add_argument("model", help="ONNX model from `calbatch export`")
     p.add_argument("series", nargs="+", help="DEM series files with voxel frames (.h5)")
-    p.add_argument("--out", default=None, help="folder for evaluation.json")
+    p.add_argument("--twin", action="append", default=[], metavar="TWIN.h5",
+                   help="a twin DEM series (same pack and CD, another --dt), matched to a series by microstructure id "
+                        "and CD: its errors are the ceiling (repeatable)")
+    p.add_argument("--no-fick", action="store_true", help="skip the Fick solves (D_eff, tau) of the final frames")
+    p.add_argument("--out", default=None, help="folder for evaluation.json and the PNG plots")
     rollout_common(p)
     p.set_defaults(run=_evaluate)
+
+    p = _training_parser(subparsers, "tune", "Optuna search over the training knobs, trials scored on validation data",
+                         "study folder (study.db, study.json, best.json, trials/)")
+    p.add_argument("--trials", type=count(), default=8, help="trials in all, counting resumed ones (default 8)")
+    p.add_argument("--epochs", type=count(), default=2, help="epochs per trial (default 2)")
+    p.add_argument("--max-windows", type=count(), default=32, help="training windows per epoch (default 32)")
+    p.add_argument("--max-val-windows", type=count(), default=16, help="validation windows (default 16)")
+    p.add_argument("--batch-size", type=count(), default=2, help="windows per batch (default 2)")
+    p.add_argument("--crop", type=_crop, default=(32, 32), metavar="CY,CX",
+                   help="periodic x/y crop of training and validation windows, or 'none' (default 32,32)")
+    p.add_argument("--score-horizon", type=count(), default=2,
+                   help="steps unrolled when scoring every trial on validation (default 2)")
+    p.add_argument("--test-split", default=None, metavar="SPEC",
+                   help="held-out series, never read (default the paper's '4;1:45;2:35;3:25,45')")
+    p.add_argument("--val-fraction", type=finite("nonnegative"), default=0.15,
+                   help="share of the remaining series for validation (default 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler and of every trial (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_tune)
