@@ -4,8 +4,8 @@ command that installs what is missing, and exit status 2; results go to stdout a
 ``--json``, as strict JSON and nothing else. Under mpirun one rank prints. An internal bug still
 shows its traceback.
 
-One module per command group (``volume``: metrics and demo; ``dem``; ``transport``), each with an
-``add_cli(subparsers)``; stages never import the command line. Heavy dependencies (PETSc,
+One module per command group (``volume``: metrics; ``dem``; ``transport``; ``model``; ``screen``: screen
+and demo; ...), each with an ``add_cli(subparsers)``; stages never import the command line. Heavy dependencies (PETSc,
 TensorFlow, ...) are imported inside the commands, so ``--help`` stays fast.
 """
 
@@ -21,7 +21,7 @@ from ..errors import CalbatchError
 from ..mpi import is_root
 
 # Command-group modules, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model", "screen")
+COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model", "screen", "bench", "optimize")
 
 # Optional dependencies: the one line that says how to get each.
 _SETUP = "run `bash tools/setup.sh` from the calbatch repository"
