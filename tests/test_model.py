@@ -253,6 +253,22 @@ def test_rollout_follows_the_dem_schedule_with_valid_codes(trained, series, tmp_
         assert got["attrs"]["cd_extrapolated"] == np.False_
 
 
+def test_known_void_starts_the_same_slices_above_the_press_in_training_and_rollout():
+    """Spheres overlap the press wall: material may sit WALL_OVERLAP_VOXELS slices above the press;
+    the training mask and the rollout's forced void agree on where the known void starts."""
+    from calbatch.dataset import conditioning
+    from calbatch.model import press_mask
+    from calbatch.rollout import void_from
+    from calbatch.schedule import WALL_OVERLAP_VOXELS
+
+    nz, vs, h0 = 40, 0.4, 14.0
+    for press in (3.13, 5.0, 7.71, 9.9, 13.95):
+        mask = press_mask(tf.constant(conditioning(30.0, h0, vs, press + 1.0, press, "press")[None]), nz).numpy()[0]
+        first = void_from(press, vs, nz)
+        assert first == min(int(np.floor(press / vs - 0.5)) + 1 + WALL_OVERLAP_VOXELS, nz)
+        assert mask[first:].all() and not mask[:first].any()
+
+
 def test_conserve_rule_keeps_phase_volumes():
     from calbatch.rollout import decide
 

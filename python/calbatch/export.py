@@ -53,6 +53,7 @@ def metadata(run: dict, porosity: dict | None = None) -> dict:
         "conditioning": json.dumps(list(COND_NAMES)),
         "output": "scores over class_codes (B, nz, ny, nx, 4): unnormalised probabilities" if kind == "calbatch" else "codes (B, nz, ny, nx)",
         "schedule": json.dumps(run.get("schedule", {})), "config": json.dumps(run["config"]),
+        "wall_overlap_voxels": str(run.get("wall_overlap_voxels", 0)),  # material allowed above the press
         **({"training_final_porosity_by_cd": json.dumps(porosity)} if porosity is not None else {}),
     }
 

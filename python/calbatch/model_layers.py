@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from .schedule import WALL_OVERLAP_VOXELS
+
 CLASS_CODES = (0, 1, 2, 4)  # class index -> phase code
 EPS = 1e-4  # the floor of a class's warped share: the correction can still create it
 N_COND = 7
@@ -235,9 +237,13 @@ class Scores(layers.Layer):
 
 
 def press_mask(cond, nz):
-    """(B, nz) 1.0 for slices whose centre lies above the press's target position, else 0.0."""
-    z = (tf.cast(tf.range(nz), tf.float32)[None, :] + 0.5) * cond[:, IDX_VS:IDX_VS + 1]
-    return tf.cast(z > cond[:, IDX_ZNEXT:IDX_ZNEXT + 1], tf.float32)
+    """(B, nz) 1.0 for the known-void slices of the target frame, else 0.0: those from
+    :data:`calbatch.schedule.WALL_OVERLAP_VOXELS` slices past the first slice whose centre lies
+    above the press's target position (as :func:`calbatch.rollout.void_from`)."""
+    vs = cond[:, IDX_VS:IDX_VS + 1]
+    iz = tf.cast(tf.range(nz), tf.float32)[None, :]
+    first_above = tf.floor(cond[:, IDX_ZNEXT:IDX_ZNEXT + 1] / vs - 0.5) + 1.0
+    return tf.cast(iz >= first_above + WALL_OVERLAP_VOXELS, tf.float32)
 
 
 @keras.saving.register_keras_serializable("calbatch")

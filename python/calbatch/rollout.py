@@ -28,7 +28,7 @@ from . import _core
 from .dataset import conditioning, past_indices
 from .errors import CalbatchError
 from .export import load_onnx
-from .schedule import press_schedule
+from .schedule import WALL_OVERLAP_VOXELS, press_schedule
 from .volume import AM, CBD, PORE, VOID, validate
 
 RULES = ("argmax", "conserve", "expected")
@@ -51,8 +51,10 @@ def void_rule(codes: np.ndarray) -> np.ndarray:
 
 
 def void_from(press_z: float, voxel_size: float, nz: int) -> int:
-    """The first slice whose centre lies above the press at ``press_z`` (um): void from there up."""
-    return int(np.clip(np.floor(press_z / voxel_size - 0.5) + 1, 0, nz))
+    """The first known-void slice with the press at ``press_z`` (um): the first slice whose centre
+    lies above the press, plus :data:`~calbatch.schedule.WALL_OVERLAP_VOXELS` (spheres overlap the
+    press wall)."""
+    return int(np.clip(np.floor(press_z / voxel_size - 0.5) + 1 + WALL_OVERLAP_VOXELS, 0, nz))
 
 
 def expected_counts(below: np.ndarray) -> tuple[int, int]:

@@ -18,6 +18,10 @@ from .errors import CalbatchError
 STAGES = ("press", "release", "relax")
 RELEASE_FACTOR = 0.6  # the press retracts by 0.6 x its travel at twice its speed ...
 RELAX_FRAMES = 2  # ... then stays away for two frames
+# Spheres pressed against the press overlap it: the top solid voxel of the v2 dataset's frames lies
+# up to 5 slices above the first slice over the press (1 at CD 20, 4-5 at CD 50), so material may sit
+# this many slices above the press; only the slices beyond are known void (training mask, rollout).
+WALL_OVERLAP_VOXELS = 6
 FRAME_TRAVEL_UM = 1.0  # default frame interval: the time the press needs for 1 um
 # The DEM's default time step (um/us units) when none is known: 2.5e-4 us per um of the smallest
 # diameter (dem.settings.DT_PER_UM), 2 um CBD spheres -> 5e-4 us. The frame count does not depend

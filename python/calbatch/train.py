@@ -19,6 +19,7 @@ import numpy as np
 from .dataset import WindowStream, scan, split
 from .errors import CalbatchError
 from .model import CLASS_CODES, build, press_mask
+from .schedule import WALL_OVERLAP_VOXELS
 
 # phase code -> class index (codes 0, 1, 2, 4)
 CODE_TO_CLASS = np.array([0, 1, 2, 3, 3], dtype=np.int32)
@@ -111,7 +112,8 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
            "train": [s.path for s in parts["train"]], "val": [s.path for s in parts["val"]],
            "test": [s.path for s in parts["test"]], "schedule": _schedule_params(parts["train"][0].path),
            "horizon": horizon, "crop": list(crop) if crop else None, "noise": noise, "lr": lr,
-           "batch_size": batch_size, "seed": seed, "vol_weight": vol_weight}
+           "batch_size": batch_size, "seed": seed, "vol_weight": vol_weight,
+           "wall_overlap_voxels": WALL_OVERLAP_VOXELS}
     state = {"epoch": 0, "best_val": None, "bad_epochs": 0, "history": []}
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())
