@@ -60,7 +60,7 @@ def python_loop(session, meta, start, cd, rule, voxel_size) -> tuple[np.ndarray,
     for t in range(sched["n_frames"] - 1):
         x, c = network_inputs(frames, t, cd, h0, voxel_size, sched)
         out = session.run(None, {"frames": x, "cond": c})[0][0]
-        frames[t + 1] = next_frame(out, frames[t], meta.get("kind", ""), rule, sched["press_z_um"][t + 1], voxel_size)
+        frames[t + 1] = next_frame(out, frames[t], meta, rule, sched["press_z_um"][t + 1], voxel_size)
     return frames, time.perf_counter() - t0
 
 

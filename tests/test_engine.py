@@ -88,7 +88,7 @@ def python_loop(session, meta, starts, cds, rule, batch_size, voxel_size=VS):
         out = session.run(None, {"frames": np.concatenate(xs), "cond": np.concatenate(cs)})[0]
         for k, c in enumerate(batch):
             t = c["t"]
-            c["frames"][t + 1] = next_frame(out[k], c["frames"][t], meta.get("kind", ""), rule,
+            c["frames"][t + 1] = next_frame(out[k], c["frames"][t], meta, rule,
                                             c["sched"]["press_z_um"][t + 1], voxel_size)
             c["t"] += 1
         pending = [c for c in pending if c["t"] < len(c["frames"]) - 1]

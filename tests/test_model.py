@@ -264,7 +264,7 @@ def test_known_void_starts_the_same_slices_above_the_press_in_training_and_rollo
     nz, vs, h0 = 40, 0.4, 14.0
     for press in (3.13, 5.0, 7.71, 9.9, 13.95):
         mask = press_mask(tf.constant(conditioning(30.0, h0, vs, press + 1.0, press, "press")[None]), nz).numpy()[0]
-        first = void_from(press, vs, nz)
+        first = void_from(press, vs, nz, WALL_OVERLAP_VOXELS)
         assert first == min(int(np.floor(press / vs - 0.5)) + 1 + WALL_OVERLAP_VOXELS, nz)
         assert mask[first:].all() and not mask[:first].any()
 

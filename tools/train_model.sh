@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the shipped model on the default DEM dataset, export it into the package and evaluate it on the
 # held-out series. One command, resumable (rerun it after a stop: finished steps are skipped and the
-# training continues from its last checkpoint); about 1 h on a 2-core machine.
+# training continues from its last checkpoint); 17-40 min on a 2-core machine
+# (early stopping decides; the paper-style model: 15 min on one thread, then a 6-minute, 12 GB export).
 #   bash tools/train_model.sh [--paper] [WORK_DIR]      (default WORK_DIR: runs/default_model)
 # --paper trains the paper-style model (Model D, scaled down: docs/model.md) on the same data and split
 # instead, into runs/paper_model, for the side-by-side comparison (its ONNX file, 160 MB, is not shipped).

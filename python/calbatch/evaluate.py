@@ -97,7 +97,7 @@ def teacher_forced(sess, meta: dict, case: _Case, rule: str) -> np.ndarray:
     for t in range(len(frames) - 1):
         x, c = network_inputs(frames, t, case.cd, case.h0, case.vs, s)
         y = sess.run(None, {"frames": x, "cond": c})[0][0]
-        out.append(next_frame(y, frames[t], meta.get("kind", ""), rule, s["press_z_um"][t + 1], case.vs))
+        out.append(next_frame(y, frames[t], meta, rule, s["press_z_um"][t + 1], case.vs))
     return np.stack(out)
 
 

@@ -28,7 +28,7 @@ from . import _core
 from .dataset import conditioning, past_indices
 from .errors import CalbatchError
 from .export import load_onnx
-from .schedule import WALL_OVERLAP_VOXELS, press_schedule
+from .schedule import press_schedule
 from .volume import AM, CBD, PORE, VOID, validate
 
 RULES = ("argmax", "conserve", "expected")
@@ -50,11 +50,17 @@ def void_rule(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def void_from(press_z: float, voxel_size: float, nz: int) -> int:
-    """The first known-void slice with the press at ``press_z`` (um): the first slice whose centre
-    lies above the press, plus :data:`~calbatch.schedule.WALL_OVERLAP_VOXELS` (spheres overlap the
-    press wall)."""
-    return int(np.clip(np.floor(press_z / voxel_size - 0.5) + 1 + WALL_OVERLAP_VOXELS, 0, nz))
+def void_from(press_z: float, voxel_size: float, nz: int, overlap: int = 0) -> int:
+    """The first known-void slice with the press at ``press_z`` (um): ``overlap`` slices past the
+    first slice whose centre lies above the press (spheres overlap the press wall; a model's
+    :func:`wall_overlap`)."""
+    return int(np.clip(np.floor(press_z / voxel_size - 0.5) + 1 + overlap, 0, nz))
+
+
+def wall_overlap(meta: dict) -> int:
+    """The slices above the press a model was trained to fill (its metadata ``wall_overlap_voxels``;
+    0 for models made before it was recorded: they were trained with the void from the press up)."""
+    return int(meta.get("wall_overlap_voxels", 0))
 
 
 def expected_counts(below: np.ndarray) -> tuple[int, int]:
@@ -113,12 +119,12 @@ def network_inputs(frames: np.ndarray, t: int, cd: float, h0: float, voxel_size:
     return x, conditioning(cd, h0, voxel_size, pz[t], pz[t + 1], stages[t + 1])[None]
 
 
-def next_frame(out: np.ndarray, previous: np.ndarray, kind: str, rule: str, press_z: float, voxel_size: float) -> np.ndarray:
+def next_frame(out: np.ndarray, previous: np.ndarray, meta: dict, rule: str, press_z: float, voxel_size: float) -> np.ndarray:
     """The next frame from one network output: ``paper`` models regress the codes (the nearest
     valid code, then the void rule), calbatch's give class scores for :func:`decide`."""
-    if kind == "paper":
+    if meta.get("kind", "") == "paper":
         return void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
-    return decide(out, previous, rule, void_from(press_z, voxel_size, previous.shape[0]))
+    return decide(out, previous, rule, void_from(press_z, voxel_size, previous.shape[0], wall_overlap(meta)))
 
 
 def _meta_list(meta: dict, key: str, path) -> list:
@@ -182,7 +188,7 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
         t0 = time.perf_counter()
         x, c = network_inputs(frames, t, cd, h0, voxel_size, sched)
         out = sess.run(None, {"frames": x, "cond": c})[0][0]
-        frames[t + 1] = next_frame(out, frames[t], meta.get("kind", ""), rule, pz[t + 1], voxel_size)
+        frames[t + 1] = next_frame(out, frames[t], meta, rule, pz[t + 1], voxel_size)
         wall[t + 1] = time.perf_counter() - t0
     nz, ny, nx = frames.shape[1:]
     a = dict(attrs or {})

@@ -29,7 +29,7 @@ from .. import _core
 from ..dataset import COND_NAMES, conditioning
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import RULES, _meta_list, check_input, expected_counts, start_frames, void_from
+from ..rollout import RULES, _meta_list, check_input, expected_counts, start_frames, void_from, wall_overlap
 from ..schedule import press_schedule
 from ..volume import PHASES
 from .backends import open_backend
@@ -164,7 +164,8 @@ class Engine:
         cond = np.zeros((n - 1, len(COND_NAMES)), dtype=np.float32)
         for t in range(n - 1):  # the network's conditioning of each step, as calbatch.rollout.network_inputs
             cond[t] = conditioning(cd, h0, vs, pz[t], pz[t + 1], stages[t + 1])
-        first_void = np.array([void_from(pz[t + 1], vs, nz) for t in range(n - 1)], dtype=np.int64)
+        overlap = wall_overlap(self.meta)
+        first_void = np.array([void_from(pz[t + 1], vs, nz, overlap) for t in range(n - 1)], dtype=np.int64)
         return Case(float(cd), float(h0), sched, frames, given.shape[0] - 1, cond, first_void, np.zeros(n),
                     given.shape[0], self.extrapolated(cd))
 
