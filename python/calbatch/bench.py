@@ -233,7 +233,7 @@ def dl_vs_dem(pack: Path | None, cds: list[float], model: Path | None = None, se
     return {
         "pack": str(pack), "h0_um": electrode["h0"], "grid_zyx": list(electrode["volume"].shape),
         "model": str(predictor.model_path), "model_load_s": load_s,
-        "dl_backend": _backend(predictor, threads), "dl_backends": list(predictors), "dl_backends_unavailable": unavailable,
+        "dl_backend": _backend(predictor, threads, electrode["volume"].shape), "dl_backends": list(predictors), "dl_backends_unavailable": unavailable,
         "dl_repeats": repeats,
         "dem_settings": settings, "goals": GOALS, "cases": cases,
         "projection": project_dem_cost(mean_dem, spheres_per_particle=clump_spheres),
@@ -259,13 +259,17 @@ def _open_backends(predictor_class, model, threads, names: list[str]) -> tuple[d
     return opened, unavailable
 
 
-def _backend(predictor, threads) -> dict:
-    """What ran the network: the execution providers of the Predictor's ONNX Runtime session."""
+def _backend(predictor, threads, grid) -> dict:
+    """What ran the network of the first backend (the one compared with the DEM): TensorRT, or
+    the execution providers of the ONNX Runtime session that ran ``grid``."""
     import onnxruntime
 
-    session = getattr(predictor, "session", None)
-    used = session.get_providers() if session is not None else []
-    return {"name": "onnxruntime", "version": onnxruntime.__version__, "providers_used": used,
+    backend = predictor.engine.backend
+    if backend.name == "tensorrt":
+        return {"name": "tensorrt", "version": backend.trt.__version__, "providers_used": [],
+                "providers_available": [], "threads": threads}
+    return {"name": "onnxruntime", "version": onnxruntime.__version__,
+            "providers_used": backend.session(tuple(grid)).get_providers(),
             "providers_available": onnxruntime.get_available_providers(), "threads": threads}
 
 

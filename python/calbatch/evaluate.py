@@ -66,9 +66,11 @@ class _Case:
         if twin["frames"].shape != self.frames.shape:
             raise CalbatchError(f"{path}: twin frames {list(twin['frames'].shape)} differ from {self.path}'s "
                                 f"{list(self.frames.shape)} (frames, z, y, x)")
-        if abs(float(twin["attrs"]["voxel_size_um"]) - self.vs) > 1e-9:
-            raise CalbatchError(f"{path}: twin voxel size {float(twin['attrs']['voxel_size_um']):g} um, "
-                                f"{self.path} has {self.vs:g} um")
+        vs = twin["attrs"].get("voxel_size_um")
+        if vs is None:
+            raise CalbatchError(f"{path}: series attribute 'voxel_size_um' missing")
+        if abs(float(vs) - self.vs) > 1e-9:
+            raise CalbatchError(f"{path}: twin voxel size {float(vs):g} um, {self.path} has {self.vs:g} um")
         self.twin, self.twin_path = twin, Path(path)
 
 

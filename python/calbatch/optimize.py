@@ -96,8 +96,8 @@ class Curve:
         cd = float(cd)
         if cd not in self.points:
             t0 = time.perf_counter()
-            run = self.predictor.rollout(self.electrode["volume"], cd, h0=self.electrode["h0"])
-            final = run["frames"][-1]
+            e = self.electrode  # the final frame only: the rollout keeps a ring of the last three
+            final = self.predictor.engine.rollouts([e["volume"]], [cd], [e["h0"]], series=False)[0].final
             m = self.predictor.measure(final)["metrics"]
             p = {"cd_percent": cd, "porosity": m["porosity"], "thickness_um": m["thickness_um"],
                  "stage": self.stage, "cd_extrapolated": self.predictor.extrapolated(cd)}

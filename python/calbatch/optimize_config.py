@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from .errors import CalbatchError
 from .optimize import Target
-from .yamlconfig import check_tree, error_message, key_text, walk, where
+from .yamlconfig import check_tree, read_yaml, validation_error, walk, where
 
 CONFIG_EXAMPLE = """\
 electrode: example          # a volume (.npy, .tif, file.h5:/dataset), a pack file (.h5), or example
@@ -50,38 +50,22 @@ class OptimizeFile(_Strict):
     threads: Annotated[int, Strict(), Field(ge=1, le=1024)] | None = None
 
 
+# the model of each mapping, for the keys allowed there (calbatch.yamlconfig.allowed_keys)
+_ALLOWED = {(): OptimizeFile, ("target",): TargetSpec}
+
+
 def load_config(path: Path) -> dict:
     """An optimize YAML file (:data:`CONFIG_EXAMPLE`) as a dict of keyword values; a relative
     ``electrode`` or ``model`` is taken from the file's folder."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise CalbatchError(f"{path}: no such config file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        root, data = yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise CalbatchError(f"{path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML "
-                            f"({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    root, data = read_yaml(path, "config file")
     if not isinstance(data, dict):
         raise CalbatchError(f"{path}: expected a mapping of keys (target:, electrode:, ...)")
     check_tree(path, root)
     try:
         cfg = OptimizeFile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        node, kept = walk(root, loc)
-        if err["type"] == "extra_forbidden":
-            model = TargetSpec if loc[:1] == ("target",) else OptimizeFile
-            message = f"unknown key (allowed: {', '.join(model.model_fields)})"
-        else:
-            message = error_message(err)
-        at = where(path, node if err["type"] != "missing" else None)
-        raise CalbatchError(f"{at}: {key_text(loc if err['type'] in ('extra_forbidden', 'missing') else kept)}: "
-                            f"{message}") from None
+        raise validation_error(path, root, exc, _ALLOWED) from None
     t = cfg.target
     given = [k for k, v in (("porosity", t.porosity), ("tau", t.tau), ("minimize", t.minimize)) if v is not None]
     node, _ = walk(root, ("target",))

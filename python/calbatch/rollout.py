@@ -60,7 +60,14 @@ def void_from(press_z: float, voxel_size: float, nz: int, overlap: int = 0) -> i
 def wall_overlap(meta: dict) -> int:
     """The slices above the press a model was trained to fill (its metadata ``wall_overlap_voxels``;
     0 for models made before it was recorded: they were trained with the void from the press up)."""
-    return int(meta.get("wall_overlap_voxels", 0))
+    value = meta.get("wall_overlap_voxels", "0")
+    try:
+        slices = int(value)
+    except (TypeError, ValueError):
+        slices = -1
+    if slices < 0:
+        raise CalbatchError(f"model metadata 'wall_overlap_voxels': expected a whole number >= 0, got {value!r}")
+    return slices
 
 
 def expected_counts(below: np.ndarray) -> tuple[int, int]:

@@ -71,12 +71,6 @@ def validation_score(model, kind: str, val_infos, horizon: int, crop, batch_size
     return float(np.mean([float(step(_to_model(x), c, y)) for x, c, y in stream.batches(batch_size)]))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _results(study, settings: dict, series: list[str]) -> tuple[dict, dict | None]:
     """(study.json, best.json) contents."""
     import optuna
@@ -108,7 +102,7 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
     import optuna
     from tqdm import tqdm
 
-    from .train import load_trained, train
+    from .train import _write_atomic, load_trained, train
 
     out = Path(out)
     db = out / "study.db"

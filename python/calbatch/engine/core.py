@@ -133,6 +133,7 @@ class Engine:
         self.frame_interval_us = sched.get("frame_interval_us")
         self.dt = sched.get("timestep_us")
         self._decode = "nearest" if self.kind == "paper" else rule
+        self.wall_overlap = wall_overlap(self.meta)  # slices above the press the model may fill
         self.backend = open_backend(backend, self.model_path, self.session, threads, self.batch_size,
                                     4 if self.kind == "calbatch" else 0)
         self._windows: dict[tuple, np.ndarray] = {}  # per grid: the (batch_size, nz, ny, nx, 3) input window
@@ -164,8 +165,7 @@ class Engine:
         cond = np.zeros((n - 1, len(COND_NAMES)), dtype=np.float32)
         for t in range(n - 1):  # the network's conditioning of each step, as calbatch.rollout.network_inputs
             cond[t] = conditioning(cd, h0, vs, pz[t], pz[t + 1], stages[t + 1])
-        overlap = wall_overlap(self.meta)
-        first_void = np.array([void_from(pz[t + 1], vs, nz, overlap) for t in range(n - 1)], dtype=np.int64)
+        first_void = np.array([void_from(pz[t + 1], vs, nz, self.wall_overlap) for t in range(n - 1)], dtype=np.int64)
         return Case(float(cd), float(h0), sched, frames, given.shape[0] - 1, cond, first_void, np.zeros(n),
                     given.shape[0], self.extrapolated(cd))
 

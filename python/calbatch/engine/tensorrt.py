@@ -41,6 +41,8 @@ def _require():
 
 
 class TensorRTBackend:
+    name, device = "tensorrt", "cuda"
+
     def __init__(self, path: Path, batch_size: int, channels: int):
         self.trt, self.cp = _require()
         self.path, self.batch_size, self.channels = Path(path), batch_size, channels

@@ -75,7 +75,7 @@ class Predictor:
         """Step every case to its end, ``batch_size`` cases of one grid per network call."""
         self.engine.run(cases)
 
-    def _series(self, case: Case, start_frames: int | None = None) -> dict:
+    def _series(self, case: Case) -> dict:
         return self.engine.series(case, source="calbatch screen")
 
     def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:

@@ -231,7 +231,7 @@ class _Worker:
                 item[0] = err
                 continue
             item[1]["rollout"] = share
-            series = self.p._series(item[0], 1)
+            series = self.p._series(item[0])
             item[0] = series
             item.append(measure(series["frames"][0], self.p.voxel_size))
         return out
