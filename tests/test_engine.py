@@ -132,6 +132,19 @@ def test_batch_1_equals_rollout_bit_for_bit(models, rule):
     assert np.array_equal(case.frames, _rollout(models["tiny"], three, 30.0, rule)["frames"])
 
 
+def test_wall_overlap_of_the_model_is_honoured_by_engine_and_rollout(models):
+    """A model trained to fill slices above the press (metadata ``wall_overlap_voxels``): the engine
+    and the plain loop force void from the same slice, and frames differ from a model without it."""
+    from calbatch.engine import Engine
+
+    overlap = with_metadata(models["tiny"], models["dir"] / "overlap.onnx", wall_overlap_voxels="3")
+    vol = random_volume(GRID, seed=5)
+    ref = _rollout(overlap, vol, 35.0)
+    (case,) = Engine(overlap).rollouts([vol], [35.0])
+    assert np.array_equal(case.frames, ref["frames"])
+    assert not np.array_equal(ref["frames"], _rollout(models["tiny"], vol, 35.0)["frames"])
+
+
 @pytest.mark.parametrize("rule", ["conserve", "expected"])
 def test_batches_with_mixed_cds_equal_the_python_loop_bit_for_bit(models, rule):
     from calbatch.engine import Engine
