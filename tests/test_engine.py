@@ -250,6 +250,9 @@ def test_core_refuses_bad_buffers():
     t = np.array([0])
     with pytest.raises(ValueError, match="out must have shape"):
         _core.rollout_window(frames, t, np.zeros((1, 4, 4, 5, 3), np.uint8))
+    for out in (np.zeros((1, 4, 4, 4, 3), np.float32), np.zeros((1, 4, 4, 4, 6), np.uint8)[..., ::2]):
+        with pytest.raises(TypeError):  # never written into a silent copy
+            _core.rollout_window(frames, t, out)
     with pytest.raises(ValueError, match="writeable C-contiguous uint8"):
         _core.rollout_window([np.zeros((3, 4, 4, 4), np.float32)], t, np.zeros((1, 4, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="one grid"):

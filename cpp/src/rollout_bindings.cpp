@@ -113,7 +113,7 @@ void rollout_advance(const py::array_t<float, py::array::c_style>& output, const
 }  // namespace
 
 void bind_rollout(py::module_& m) {
-    m.def("rollout_window", &rollout_window, py::arg("frames"), py::arg("t"), py::arg("out"),
+    m.def("rollout_window", &rollout_window, py::arg("frames"), py::arg("t"), py::arg("out").noconvert(),
           "The network input of one rollout step for a batch: out[b] (nz, ny, nx, 3) uint8 = frames t-2, t-1, t"
           " (oldest first, indices below 0 are frame 0) of case b, whose frames (slots, nz, ny, nx) hold frame k"
           " in slot k % slots.");
