@@ -3,12 +3,21 @@
 # held-out series. One command, resumable (rerun it after a stop: finished steps are skipped and the
 # training continues from its last checkpoint); 17-40 min on a 2-core machine
 # (early stopping decides; the paper-style model: 15 min on one thread, then a 6-minute, 12 GB export).
-#   bash tools/train_model.sh [--paper] [WORK_DIR]      (default WORK_DIR: runs/default_model)
+#   bash tools/train_model.sh [--paper] [--electrodes 1,2,...] [WORK_DIR]   (default WORK_DIR: runs/default_model)
+# --electrodes trains on those electrodes' series only: the shipped model is
+#   bash tools/train_model.sh --electrodes 1,2,3,4,6,7     (the 42 series finished when it was trained)
 # --paper trains the paper-style model (Model D, scaled down: docs/model.md) on the same data and split
 # instead, into runs/paper_model, for the side-by-side comparison (its ONNX file, 160 MB, is not shipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAPER=0; [ "${1:-}" = "--paper" ] && { PAPER=1; shift; }
+PAPER=0; ELECTRODES=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --paper) PAPER=1; shift ;;
+    --electrodes) ELECTRODES=${2:?--electrodes needs a list such as 1,2,3}; shift 2 ;;
+    *) break ;;
+  esac
+done
 WORK=${1:-runs/default_model}
 PARTICLES=data/dem/default/particles
 cb() { ${CALBATCH:-python3 -m calbatch} "$@"; }  # CALBATCH: another way to run it
@@ -16,7 +25,12 @@ cb() { ${CALBATCH:-python3 -m calbatch} "$@"; }  # CALBATCH: another way to run 
 mkdir -p "$WORK/series"
 # 1. voxel series from the committed particle frames (seconds)
 todo=()
-for p in "$PARTICLES"/*.h5; do [ -f "$WORK/series/$(basename "$p")" ] || todo+=("$p"); done
+for p in "$PARTICLES"/*.h5; do
+  if [ -n "$ELECTRODES" ]; then  # keep msN_*.h5 for N in the list
+    n=$(basename "$p" | sed -n 's/^ms\([0-9]*\)_.*/\1/p'); [[ ",$ELECTRODES," == *",$n,"* ]] || continue
+  fi
+  [ -f "$WORK/series/$(basename "$p")" ] || todo+=("$p")
+done
 [ ${#todo[@]} -eq 0 ] || cb dem revoxelize "${todo[@]}" --out "$WORK/series"
 
 # 2. training: the paper's split (electrode 4 wholly held out, one CD of 1 and 2, two of 3), validation
