@@ -27,6 +27,23 @@ READABLE_PACKS = ("calbatch-dem-pack/1", PACK_FORMAT)
 FORMULATION_ATTRS = ("mass_ratio_am_cbd", "cbd_nanoporosity", "cbd_density_g_cm3", "cbd_volume_fraction",
                      "cbd_diameter_um")
 
+def atomic_text(path: Path, text: str) -> None:
+    """Write a text file through a hidden temporary name, flushed to disk before it takes ``path``:
+    a reader, or a resume after a crash, never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def atomic_h5(path: Path, write) -> None:
     """Write an HDF5 file through a temporary name, so a file under ``path`` is always complete."""
     import h5py

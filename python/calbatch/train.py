@@ -20,6 +20,7 @@ from .dataset import WindowStream, scan, split
 from .errors import CalbatchError
 from .model import CLASS_CODES, build, press_mask
 from .schedule import WALL_OVERLAP_VOXELS
+from .series import atomic_text
 
 # phase code -> class index (codes 0, 1, 2, 4)
 CODE_TO_CLASS = np.array([0, 1, 2, 3, 3], dtype=np.int32)
@@ -166,20 +167,13 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
             model.save_weights(out / "best.weights.h5")
         else:
             state["bad_epochs"] += 1
-        _write_atomic(state_path, json.dumps(state, indent=1))
+        atomic_text(state_path, json.dumps(state, indent=1))
         # one line an epoch even without a terminal (a log file then shows the progress)
         tqdm.write(f"epoch {epoch + 1}/{epochs}: train {np.mean(losses):.4f} val {val}", file=sys.stderr)
         if state["bad_epochs"] >= patience:
             break
     return {"out": str(out), "kind": kind, "params": int(model.count_params()), **state,
             "train_series": len(parts["train"]), "val_series": len(parts["val"]), "test_series": len(parts["test"])}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary name: a reader (or a resume after a kill) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _validate(step, infos, horizon, crop, batch_size, seed, max_windows) -> float | None:

@@ -102,7 +102,8 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
     import optuna
     from tqdm import tqdm
 
-    from .train import _write_atomic, load_trained, train
+    from .series import atomic_text
+    from .train import load_trained, train
 
     out = Path(out)
     db = out / "study.db"
@@ -161,9 +162,9 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
 
     def save() -> dict:
         study_json, best = _results(study, settings, series)
-        _write_atomic(out / "study.json", json.dumps(study_json, indent=1))
+        atomic_text(out / "study.json", json.dumps(study_json, indent=1))
         if best is not None:
-            _write_atomic(out / "best.json", json.dumps(best, indent=1))
+            atomic_text(out / "best.json", json.dumps(best, indent=1))
         return study_json
 
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

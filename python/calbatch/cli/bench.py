@@ -4,18 +4,10 @@ result's accuracy against that DEM run; with a projection of the DEM's cost at t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ..series import atomic_text
 from .output import count, finite, print_result, stdout_to_stderr, to_json
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a results file through a temporary name: a file under its name is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def check_json_out(path: str | None) -> None:
@@ -88,7 +80,7 @@ def _dl_vs_dem(args) -> None:
                       threads=args.threads, repeats=args.repeats, fick=fick, keep=Path(args.keep) if args.keep else None,
                       clump_spheres=args.clump_spheres, backends=args.backend)
     if args.out:
-        write_atomic(Path(args.out), to_json(r))
+        atomic_text(Path(args.out), to_json(r))
         r["results_file"] = args.out
     print_result(r, args.json, format_report(r) + (f"\nresults: {args.out}" if args.out else ""))
 

@@ -151,10 +151,9 @@ def _evaluate(args) -> None:
     for w in caught:
         sys.stderr.write(f"calbatch evaluate: warning: {w.message}\n")
     if args.out:
-        path = Path(args.out) / "evaluation.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(to_json(r))
-        tmp.replace(path)
+        from ..series import atomic_text
+
+        atomic_text(Path(args.out) / "evaluation.json", to_json(r))
     print_result(r, args.json, _evaluate_table(r))
 
 

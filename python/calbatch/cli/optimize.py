@@ -72,7 +72,8 @@ def _optimize(args) -> None:
     from ..errors import CalbatchError
     from ..optimize import check_with_dem, load_electrode, optimize, plot_curve
     from ..screen import Predictor
-    from .bench import check_json_out, write_atomic
+    from ..series import atomic_text
+    from .bench import check_json_out
 
     s = _settings(args)
     check_json_out(args.out)
@@ -96,7 +97,7 @@ def _optimize(args) -> None:
     if args.plot:
         r["plot"] = plot_curve(r, Path(args.plot))
     if args.out:
-        write_atomic(Path(args.out), to_json(r))
+        atomic_text(Path(args.out), to_json(r))
         r["results_file"] = args.out
     print_result(r, args.json, _table(r))
 

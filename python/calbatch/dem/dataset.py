@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CalbatchError
-from ..series import read_series
+from ..series import atomic_text, read_series
 from ..volume import DEFAULT_VOXEL_SIZE_UM
 from .calender import calender, revoxelize, summarize, voxel_frames
 from .pack import pack
@@ -81,9 +81,7 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
             raise CalbatchError(f"{path}: this folder holds a dataset made with other settings ({', '.join(diff)}); "
                                 "use another --out or the same options")
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_text(path, json.dumps(manifest, indent=1) + "\n")
 
 
 def dataset(out_dir: Path, plan: list[dict] | None = None, workers: int = 2,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 from ..metrics import CONTACT_PAIRS
+from ..series import atomic_text
 
 _CONTACTS = [f"contact_{name}_um2" for name in CONTACT_PAIRS]
 COLUMNS = (["case_id", "index", "electrode", "electrode_file", "cd_percent", "status", "error", "flags",
@@ -57,15 +57,6 @@ def _strict(value):
     return value
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_tables(rows: list[dict], out: Path) -> dict:
     """results.csv (one row per case, :data:`COLUMNS`) and results.json (the same, strict JSON)."""
     import io
@@ -75,8 +66,8 @@ def write_tables(rows: list[dict], out: Path) -> dict:
     w.writerow(COLUMNS)
     for r in rows:
         w.writerow([_cell(r.get(c)) for c in COLUMNS])
-    _atomic_write(out / "results.csv", buf.getvalue())
-    _atomic_write(out / "results.json", json.dumps([{c: _strict(r.get(c)) for c in COLUMNS} for r in rows], indent=1,
+    atomic_text(out / "results.csv", buf.getvalue())
+    atomic_text(out / "results.json", json.dumps([{c: _strict(r.get(c)) for c in COLUMNS} for r in rows], indent=1,
                                                    allow_nan=False) + "\n")
     return {"csv": str(out / "results.csv"), "json": str(out / "results.json")}
 

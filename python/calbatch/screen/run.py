@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import CalbatchError
 from ..mpi import CaseError, agree, run_guarded, split_groups
+from ..series import atomic_text
 from . import report
 from .config import Case, Screen, load
 
@@ -170,7 +171,7 @@ def _start_folder(screen: Screen, out: Path) -> int:
 
         text = json.dumps({"format": "calbatch-screen/1", "calbatch_version": __version__,
                            "cases_file": str(screen.source.resolve()), "settings": screen.settings()}, indent=1)
-        report._atomic_write(manifest, text + "\n")
+        atomic_text(manifest, text + "\n")
     return attempt
 
 
