@@ -47,7 +47,7 @@ if MPI.COMM_WORLD.Get_rank() == 0:
 
 def python_loop(session, meta, start, cd, rule, voxel_size) -> tuple[np.ndarray, float]:
     """``calbatch rollout``'s plain loop over an open session: (frames, seconds)."""
-    from calbatch.rollout import network_inputs, next_frame, start_frames
+    from calbatch.rollout import network_inputs, next_frame, start_frames, step_plan
     from calbatch.schedule import press_schedule
 
     t0 = time.perf_counter()
@@ -57,10 +57,12 @@ def python_loop(session, meta, start, cd, rule, voxel_size) -> tuple[np.ndarray,
                            sched_meta.get("timestep_us"))
     frames = np.empty((sched["n_frames"], *given.shape[1:]), dtype=np.uint8)
     frames[0] = given[0]
+    plan = step_plan(meta, "model", rule, sched, cd, h0, given[0], voxel_size)
+    counts = plan["counts"]
     for t in range(sched["n_frames"] - 1):
-        x, c = network_inputs(frames, t, cd, h0, voxel_size, sched)
+        x, c = network_inputs(frames, t, cd, h0, voxel_size, plan["top_um"], sched["phase"])
         out = session.run(None, {"frames": x, "cond": c})[0][0]
-        frames[t + 1] = next_frame(out, frames[t], meta, rule, sched["press_z_um"][t + 1], voxel_size)
+        frames[t + 1] = next_frame(out, frames[t], meta, rule, plan["first_void"][t], None if counts is None else counts[t])
     return frames, time.perf_counter() - t0
 
 

@@ -68,6 +68,22 @@ def random_volume(shape=(24, 16, 16), seed=0, void_top=4) -> np.ndarray:
     return vol
 
 
+def particle_volume(shape=(24, 16, 16), seed=0, void_top=4) -> np.ndarray:
+    """An electrode-like volume of particles: AM balls (radius 2.5 voxels) and CBD balls (1.5) at
+    random centres in pore, periodic in x and y, void in the top ``void_top`` slices."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    vol = np.zeros(shape, dtype=np.uint8)
+    z, y, x = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    for code, radius, n in ((1, 1.5, 12), (2, 2.5, 14)):  # AM last: it wins where balls overlap
+        for cz, cy, cx in rng.uniform(0, 1, size=(n, 3)) * [nz - void_top, ny, nx]:
+            dy = np.minimum(np.abs(y - cy), ny - np.abs(y - cy))
+            dx = np.minimum(np.abs(x - cx), nx - np.abs(x - cx))
+            vol[(z - cz) ** 2 + dy ** 2 + dx ** 2 <= radius ** 2] = code
+    vol[nz - void_top:] = 4
+    return vol
+
+
 @pytest.fixture
 def volume() -> np.ndarray:
     return random_volume()
@@ -78,6 +94,27 @@ def onnx_const(name: str, value):
     import onnx
 
     return onnx.helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(value), name))
+
+
+def hand_budget(voxel_size: float) -> dict:
+    """A phase budget for hand-made models: the top rides 0.5 slices per unit strain over the press and
+    springs back 2 slices; AM and CBD volumes shrink by half the strain and end 0.3 x CD low."""
+    from calbatch.budget import BUDGET_FORMAT, TAU_NODES
+
+    return {"format": BUDGET_FORMAT, "voxel_size_um": voxel_size,
+            "press": [[0.5, -0.5, -0.5], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+            "final": [[2.0, 0.0, 0.0], [0.0, -0.3, -0.3], [0.0, 0.0, 0.0]],
+            "decay": [[max(1.0 - t / 2, 0.0) for t in TAU_NODES]] * 3, "tau_nodes": TAU_NODES}
+
+
+def still_budget(voxel_size: float) -> dict:
+    """A phase budget that plans what ``conserve`` does with a model that moves nothing itself:
+    the top on the press, then on its lowest point; AM and CBD volumes kept."""
+    from calbatch.budget import BUDGET_FORMAT, TAU_NODES
+
+    zeros = [[0.0] * 3 for _ in range(3)]
+    return {"format": BUDGET_FORMAT, "voxel_size_um": voxel_size, "press": zeros, "final": zeros,
+            "decay": [[0.0] * len(TAU_NODES)] * 3, "tau_nodes": TAU_NODES}
 
 
 def save_model(path, nodes, *, voxel_size: float, kind: str = "calbatch", grid=(24, 16, 16), cd_range=(20, 40),
@@ -96,7 +133,11 @@ def save_model(path, nodes, *, voxel_size: float, kind: str = "calbatch", grid=(
     out = h.make_tensor_value_info("output", TensorProto.FLOAT, ["B", *dims] + ([] if paper else [4]))
     model = h.make_model(h.make_graph(nodes, Path(path).stem, [frames, cond], [out]),
                          opset_imports=[h.make_opsetid("", 17)])
+    from calbatch.dataset import COND_NAMES
+
+    ours = {} if paper else {"conditioning": json.dumps(list(COND_NAMES)), "phase_budget": json.dumps(hand_budget(voxel_size))}
     h.set_model_props(model, {
+        **ours,
         "format": "calbatch-model/1", "calbatch_version": "test", "kind": kind, "grid_zyx": json.dumps(list(grid)),
         "fixed_grid": json.dumps(paper), "grid_multiple_xy": "1" if paper else "4", "voxel_size_um": repr(voxel_size),
         "cd_range_percent": json.dumps(list(cd_range)),

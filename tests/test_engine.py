@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from calbatch.errors import CalbatchError
-from conftest import onnx_const, random_volume, save_model
+from conftest import hand_budget, onnx_const, random_volume, save_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -68,7 +68,7 @@ def python_loop(session, meta, starts, cds, rule, batch_size, voxel_size=VS):
     """``calbatch rollout``'s plain Python loop (its network_inputs, session.run and next_frame) for
     several cases, ``batch_size`` cases per network call, taken in the engine's order: the first
     unfinished cases on the first unfinished case's grid. Returns each case's frames."""
-    from calbatch.rollout import network_inputs, next_frame, start_frames
+    from calbatch.rollout import network_inputs, next_frame, start_frames, step_plan
     from calbatch.schedule import press_schedule
 
     sched_meta = json.loads(meta.get("schedule", "{}"))
@@ -79,17 +79,20 @@ def python_loop(session, meta, starts, cds, rule, batch_size, voxel_size=VS):
                                sched_meta.get("timestep_us"))
         frames = np.empty((sched["n_frames"], *given.shape[1:]), np.uint8)
         frames[:len(given)] = given
-        cases.append({"frames": frames, "t": len(given) - 1, "cd": cd, "h0": h0, "sched": sched})
+        plan = step_plan(meta, "model", rule, sched, cd, h0, given[0], voxel_size)
+        cases.append({"frames": frames, "t": len(given) - 1, "cd": cd, "h0": h0, "sched": sched, "plan": plan})
     pending = list(cases)
     while pending:
         grid = pending[0]["frames"].shape[1:]
         batch = [c for c in pending if c["frames"].shape[1:] == grid][:batch_size]
-        xs, cs = zip(*(network_inputs(c["frames"], c["t"], c["cd"], c["h0"], voxel_size, c["sched"]) for c in batch))
+        xs, cs = zip(*(network_inputs(c["frames"], c["t"], c["cd"], c["h0"], voxel_size, c["plan"]["top_um"],
+                                      c["sched"]["phase"]) for c in batch))
         out = session.run(None, {"frames": np.concatenate(xs), "cond": np.concatenate(cs)})[0]
         for k, c in enumerate(batch):
             t = c["t"]
-            c["frames"][t + 1] = next_frame(out[k], c["frames"][t], meta, rule,
-                                            c["sched"]["press_z_um"][t + 1], voxel_size)
+            counts = c["plan"]["counts"]
+            c["frames"][t + 1] = next_frame(out[k], c["frames"][t], meta, rule, c["plan"]["first_void"][t],
+                                            None if counts is None else counts[t])
             c["t"] += 1
         pending = [c for c in pending if c["t"] < len(c["frames"]) - 1]
     return [c["frames"] for c in cases]
@@ -101,7 +104,7 @@ def models(tmp_path_factory) -> dict:
     return {"tiny": tiny_onnx(d / "tiny.onnx"), "paper": tiny_paper_onnx(d / "paper.onnx"), "dir": d}
 
 
-def _rollout(model, start, cd, rule="conserve"):
+def _rollout(model, start, cd, rule="particles"):
     from calbatch.rollout import ExtrapolationWarning, rollout
 
     with warnings.catch_warnings():
@@ -111,7 +114,7 @@ def _rollout(model, start, cd, rule="conserve"):
 
 # --- bit for bit ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rule", ["conserve", "argmax", "expected"])
+@pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "argmax", "expected"])
 def test_batch_1_equals_rollout_bit_for_bit(models, rule):
     from calbatch.engine import Engine
 
@@ -139,13 +142,13 @@ def test_wall_overlap_of_the_model_is_honoured_by_engine_and_rollout(models):
 
     overlap = with_metadata(models["tiny"], models["dir"] / "overlap.onnx", wall_overlap_voxels="3")
     vol = random_volume(GRID, seed=5)
-    ref = _rollout(overlap, vol, 35.0)
-    (case,) = Engine(overlap).rollouts([vol], [35.0])
+    ref = _rollout(overlap, vol, 35.0, "conserve")  # the budget rule forces void from the planned top instead
+    (case,) = Engine(overlap, rule="conserve").rollouts([vol], [35.0])
     assert np.array_equal(case.frames, ref["frames"])
-    assert not np.array_equal(ref["frames"], _rollout(models["tiny"], vol, 35.0)["frames"])
+    assert not np.array_equal(ref["frames"], _rollout(models["tiny"], vol, 35.0, "conserve")["frames"])
 
 
-@pytest.mark.parametrize("rule", ["conserve", "expected"])
+@pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "expected"])
 def test_batches_with_mixed_cds_equal_the_python_loop_bit_for_bit(models, rule):
     from calbatch.engine import Engine
 
@@ -187,14 +190,14 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
 
     config = {"channels": 4, "layers_coarse": 1}
     run = {"kind": "calbatch", "config": config, "grid_zyx": list(GRID), "voxel_size_um": VS, "cd_range": [20, 50],
-           "schedule": {"press_speed_m_s": 0.05, "frame_interval_us": 40.0}}
+           "schedule": {"press_speed_m_s": 0.05, "frame_interval_us": 40.0}, "phase_budget": hand_budget(VS)}
     path = export(build("calbatch", **config), run, tmp_path / "net.onnx")["out"]
     starts = [random_volume(GRID, seed=s) for s in (5, 6, 7)]
     engine = Engine(path)
     assert np.array_equal(engine.rollouts(starts[:1], [30.0])[0].frames, _rollout(path, starts[0], 30.0)["frames"])
     batched = Engine(path, batch_size=2)
     cases = batched.rollouts(starts, [30.0, 45.0, 24.0])
-    for case, frames in zip(cases, python_loop(batched.session, batched.meta, starts, [30.0, 45.0, 24.0], "conserve", 2)):
+    for case, frames in zip(cases, python_loop(batched.session, batched.meta, starts, [30.0, 45.0, 24.0], batched.rule, 2)):
         assert np.array_equal(case.frames, frames)
 
 
@@ -331,7 +334,7 @@ def test_ort_gpu_backend_equals_the_python_loop_over_its_session(models, backend
     cases = engine.rollouts(starts, cds)
     session = engine.backend.session(GRID)
     assert session.get_providers()[0] != "CPUExecutionProvider"
-    for case, frames in zip(cases, python_loop(session, engine.meta, starts, cds, "conserve", 2)):
+    for case, frames in zip(cases, python_loop(session, engine.meta, starts, cds, engine.rule, 2)):
         assert np.array_equal(case.frames, frames)
 
 

@@ -294,7 +294,7 @@ def test_tune_scores_trials_on_validation_and_resumes(series, tmp_path):
     from calbatch.dataset import scan
 
     model, _ = load_trained(Path(best["run"]))
-    again = validation_score(model, "calbatch", scan(run["val"]), 2, (8, 8), 2, 0, 2)
+    again = validation_score(model, "calbatch", scan(run["val"], run["phase_budget"]), 2, (8, 8), 2, 0, 2)
     assert again == pytest.approx(best["value"], rel=1e-5)
     with pytest.raises(CalbatchError, match="--resume"):
         tune(series, tmp_path / "study", trials=3, **kw)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from calbatch.errors import CalbatchError
-from conftest import BASE_ENV, onnx_const, random_volume, save_model
+from conftest import BASE_ENV, hand_budget, onnx_const, particle_volume, random_volume, save_model
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -106,8 +106,8 @@ def models(tmp_path_factory) -> dict:
 @pytest.fixture
 def workdir(tmp_path, models) -> Path:
     """Two electrodes (.npy, 24 x 16 x 16) and the model next to a cases file."""
-    np.save(tmp_path / "e1.npy", random_volume((24, 16, 16), seed=1))
-    np.save(tmp_path / "e2.npy", random_volume((24, 16, 16), seed=2, void_top=6))
+    np.save(tmp_path / "e1.npy", particle_volume((24, 16, 16), seed=1))
+    np.save(tmp_path / "e2.npy", particle_volume((24, 16, 16), seed=2, void_top=6))
     return tmp_path
 
 
@@ -136,7 +136,7 @@ keep: {{final_volumes: true}}
 
 # --- Predictor: the API, and bit-identity with calbatch rollout --------------------------------------
 
-@pytest.mark.parametrize("rule", ["conserve", "argmax", "expected"])
+@pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "argmax", "expected"])
 def test_predictor_equals_rollout_bit_for_bit(models, rule):
     from calbatch.rollout import ExtrapolationWarning, rollout
     from calbatch.screen import Predictor
@@ -193,7 +193,7 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
 
     config = {"channels": 4, "layers_coarse": 1}
     run = {"kind": "calbatch", "config": config, "grid_zyx": [24, 16, 16], "voxel_size_um": VS, "cd_range": [20, 50],
-           "schedule": {"press_speed_m_s": 0.05, "frame_interval_us": 40.0}}
+           "schedule": {"press_speed_m_s": 0.05, "frame_interval_us": 40.0}, "phase_budget": hand_budget(VS)}
     path = export(build("calbatch", **config), run, tmp_path / "net.onnx")["out"]
     vol = random_volume((24, 16, 16), seed=5)
     ref = rollout(path, vol, 30.0, VS, progress=False)
@@ -227,7 +227,7 @@ def test_predict_one_and_many_without_reload(models, monkeypatch):
 def test_predict_with_fick(models):
     from calbatch.screen import Predictor
 
-    r = Predictor(models["tiny"]).predict(random_volume((24, 16, 16), seed=4), 30, fick={"cbd_diffusivity": 0.2})
+    r = Predictor(models["tiny"]).predict(particle_volume((24, 16, 16), seed=4), 30, fick={"cbd_diffusivity": 0.2})
     assert 0 < r["fick"]["d_eff_rel"] < 1 and r["fick"]["converged"] and r["fick"]["cbd_diffusivity"] == 0.2
     assert r["timings_s"]["fick"] > 0
 
@@ -338,8 +338,8 @@ def test_out_folder_rules(workdir, models, monkeypatch, capsys):
 def reference(tmp_path_factory, models):
     """A plain one-rank screen with Fick: 2 electrodes x 5 CDs."""
     d = tmp_path_factory.mktemp("ref")
-    np.save(d / "e1.npy", random_volume((24, 16, 16), seed=1))
-    np.save(d / "e2.npy", random_volume((24, 16, 16), seed=2, void_top=6))
+    np.save(d / "e1.npy", particle_volume((24, 16, 16), seed=1))
+    np.save(d / "e2.npy", particle_volume((24, 16, 16), seed=2, void_top=6))
     cases = write_cases(d, CASES.format(model=models["tiny"], fick="true"))
     proc = screen_cli(cases, "--out", d / "out", "--json")
     return {"dir": d, "cases": cases, "out": d / "out", "proc": proc}
@@ -451,7 +451,7 @@ def test_resume_refuses_changed_settings(workdir, models, monkeypatch, capsys):
     changed = write_cases(workdir, CASES.format(model=models["tiny"], fick="false") + "decision: argmax\n", "c2.yaml")
     assert main_cli(monkeypatch, changed, "--out", workdir / "out", "--resume") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--resume: decision differs" in err and "'conserve' there" in err
+    assert len(err.splitlines()) == 1 and "--resume: decision differs" in err and "'particles' there" in err
 
 
 def test_failing_cases_are_recorded_and_the_rest_finish(workdir, models, monkeypatch, capsys):

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Train the shipped model on the default DEM dataset, export it into the package and evaluate it on the
 # held-out series. One command, resumable (rerun it after a stop: finished steps are skipped and the
-# training continues from its last checkpoint); 17-40 min on a 2-core machine
-# (early stopping decides; the paper-style model: 15 min on one thread, then a 6-minute, 12 GB export).
+# training continues from its last checkpoint); about 30 min on a 2-core machine (early stopping
+# decides; the paper-style model: 15 min on one thread, then a 6-minute, 12 GB export).
 #   bash tools/train_model.sh [--paper] [--electrodes 1,2,...] [WORK_DIR]   (default WORK_DIR: runs/default_model)
-# --electrodes trains on those electrodes' series only: the shipped model is
-#   bash tools/train_model.sh --electrodes 1,2,3,4,6,7     (the 42 series finished when it was trained)
+# The shipped model is `bash tools/train_model.sh`: all 56 series of the default dataset v2.
+# --electrodes trains on those electrodes' series only.
 # --paper trains the paper-style model (Model D, scaled down: docs/model.md) on the same data and split
 # instead, into runs/paper_model, for the side-by-side comparison (its ONNX file, 160 MB, is not shipped).
 set -euo pipefail

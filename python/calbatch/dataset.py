@@ -5,7 +5,9 @@ stream (one window's frames read from disk at a time) for training.
 A window at current frame ``t`` holds the inputs ``frames[t-2], frames[t-1], frames[t]`` (indices
 below 0 are copies of frame 0, so a rollout can start from one uncalendered volume) and the
 ``horizon`` targets ``frames[t+1 .. t+horizon]`` (horizon > 1 for unrolled / pushforward training),
-with one conditioning vector per target (:data:`COND_NAMES`).
+with one conditioning vector per target (:data:`COND_NAMES`). The electrode's top in the
+conditioning is the one the phase budget plans (:mod:`calbatch.budget`, fitted on the training
+series; :func:`attach_budget`), in training as in a rollout, never the DEM frame's own.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CalbatchError
-from .schedule import STAGES, stage_index
+from .schedule import STAGES, schedule_of_series, stage_index
 
 N_PAST = 3
 # Conditioning of one step (current frame -> target frame), in this order.
-COND_NAMES = ("cd_fraction", "press_z_current_over_h0", "press_z_target_over_h0",
+COND_NAMES = ("cd_fraction", "planned_top_current_over_h0", "planned_top_target_over_h0",
               "stage_press", "stage_release", "stage_relax", "voxel_size_over_h0")
 # The paper's split (Table 2): electrode 4 wholly held out; electrode 1 tests CD 45, 2 CD 35, 3 CD 25, 45.
 PAPER_TEST = {"electrodes": (4,), "cases": {1: (45.0,), 2: (35.0,), 3: (25.0, 45.0)}}
 
 
 def conditioning(cd: float, h0: float, voxel_size: float, z_current: float, z_target: float, stage) -> np.ndarray:
-    """The conditioning vector of one step (see :data:`COND_NAMES`); ``stage`` is a name or index."""
+    """The conditioning vector of one step (see :data:`COND_NAMES`): ``z_current`` and ``z_target``
+    are the planned tops (um) of the current and target frames; ``stage`` is a name or index."""
     s = STAGES.index(stage) if isinstance(stage, str) else int(stage)
     onehot = [1.0 if i == s else 0.0 for i in range(len(STAGES))]
     return np.array([cd / 100, z_current / h0, z_target / h0, *onehot, voxel_size / h0], dtype=np.float32)
@@ -44,17 +47,29 @@ class SeriesInfo:
     shape: tuple
     voxel_size: float
     h0: float
-    press_z: np.ndarray = field(repr=False)
+    sched: dict = field(repr=False)
     stage: np.ndarray = field(repr=False)
+    top: np.ndarray | None = field(default=None, repr=False)  # planned top per frame (um): attach_budget
 
     def cond(self, t: int) -> np.ndarray:
         """Conditioning of the step from frame ``t`` to frame ``t + 1``."""
-        return conditioning(self.cd, self.h0, self.voxel_size, self.press_z[t], self.press_z[t + 1], self.stage[t + 1])
+        if self.top is None:
+            raise CalbatchError(f"{self.path}: no planned top (attach a phase budget first)")
+        return conditioning(self.cd, self.h0, self.voxel_size, self.top[t], self.top[t + 1], self.stage[t + 1])
 
 
-def scan(paths) -> list[SeriesInfo]:
+def attach_budget(infos: list[SeriesInfo], budget: dict) -> None:
+    """Give every series the planned top of each frame that ``budget`` gives its schedule."""
+    from .budget import planned_top
+
+    for s in infos:
+        s.top = planned_top(budget, s.sched, s.cd, s.h0)
+
+
+def scan(paths, budget: dict | None = None) -> list[SeriesInfo]:
     """Read the attributes and sizes of series files (not their frames); refuse files without
-    voxel frames or with fewer than 4 frames, naming the file."""
+    voxel frames or with fewer than 4 frames, naming the file. ``budget``: attach its planned tops
+    (:func:`attach_budget`)."""
     import h5py
 
     from .series import read_series
@@ -73,11 +88,16 @@ def scan(paths) -> list[SeriesInfo]:
             raise CalbatchError(f"{p}: series has {shape[0]} frames, a window needs at least {N_PAST + 1}")
         a = s["attrs"]
         try:
+            sched = schedule_of_series(a)
             infos.append(SeriesInfo(p, int(a["microstructure_id"]), float(a["cd_percent"]), shape[0], shape[1:],
-                                    float(a["voxel_size_um"]), float(a["uncalendered_top_um"]),
-                                    np.asarray(s["press_z_um"], dtype=np.float64), stage_index(s["phase"])))
+                                    float(a["voxel_size_um"]), float(a["uncalendered_top_um"]), sched,
+                                    stage_index(s["phase"])))
         except KeyError as exc:
             raise CalbatchError(f"{p}: series attribute {exc.args[0]!r} missing") from None
+        if sched["n_frames"] != shape[0]:
+            raise CalbatchError(f"{p}: {shape[0]} frames, its press schedule has {sched['n_frames']}")
+    if budget is not None:
+        attach_budget(infos, budget)
     return infos
 
 

@@ -30,7 +30,8 @@ from . import baselines
 from .errors import CalbatchError
 from .evaluate_scores import CONTACTS, final_scores, final_state, frame_state, per_frame, triple
 from .export import load_onnx
-from .rollout import ExtrapolationWarning, check_input, network_inputs, next_frame, rollout
+from .rollout import DEFAULT_RULE, ExtrapolationWarning, check_input, network_inputs, next_frame, rollout, step_plan
+from .schedule import press_schedule
 from .series import read_series
 
 PASSES = ("free_from_frame0", "free_from_3_frames", "teacher_forced", "persistence", "press_affine", "twin")
@@ -94,12 +95,15 @@ def _attach_twins(cases: list[_Case], twins) -> None:
 
 def teacher_forced(sess, meta: dict, case: _Case, rule: str) -> np.ndarray:
     """Frame t + 1 predicted from the true frames up to t, for every t (frame 0 as given)."""
-    frames, s = case.frames, case.s
+    frames = case.frames
+    sched = press_schedule(case.cd, case.h0, case.kw["speed"], case.kw["frame_interval_us"], case.kw["dt"])
+    p = step_plan(meta, "the model", rule, sched, case.cd, case.h0, frames[0], case.vs)
+    first_void, counts = p["first_void"], p["counts"]
     out = [frames[0]]
     for t in range(len(frames) - 1):
-        x, c = network_inputs(frames, t, case.cd, case.h0, case.vs, s)
+        x, c = network_inputs(frames, t, case.cd, case.h0, case.vs, p["top_um"], sched["phase"])
         y = sess.run(None, {"frames": x, "cond": c})[0][0]
-        out.append(next_frame(y, frames[t], meta, rule, s["press_z_um"][t + 1], case.vs))
+        out.append(next_frame(y, frames[t], meta, rule, first_void[t], None if counts is None else counts[t]))
     return np.stack(out)
 
 
@@ -196,7 +200,7 @@ def summarize(reports: list[dict]) -> dict:
     return summary
 
 
-def evaluate(model: Path, series, twins=(), rule: str = "conserve", threads: int | None = None, fick: bool = True,
+def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: int | None = None, fick: bool = True,
              out: Path | None = None, progress: bool | None = None) -> dict:
     """The report of ``model`` on each of ``series`` (see the module); with ``out`` also the PNG
     plots there (listed under ``plots``). A CD outside the model's trained range is flagged

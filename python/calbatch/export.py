@@ -36,8 +36,8 @@ def training_porosity(run: dict) -> dict:
 
 
 def metadata(run: dict, porosity: dict | None = None) -> dict:
-    """The ONNX metadata of a trained run (string values; JSON where structured); ``porosity``:
-    :func:`training_porosity` (left out when None)."""
+    """The ONNX metadata of a trained run (string values; JSON where structured), its phase budget
+    (:mod:`calbatch.budget`) included; ``porosity``: :func:`training_porosity` (left out when None)."""
     from . import __version__
 
     kind = run["kind"]
@@ -55,6 +55,7 @@ def metadata(run: dict, porosity: dict | None = None) -> dict:
         "schedule": json.dumps(run.get("schedule", {})), "config": json.dumps(run["config"]),
         "wall_overlap_voxels": str(run.get("wall_overlap_voxels", 0)),  # material allowed above the press
         **({"training_final_porosity_by_cd": json.dumps(porosity)} if porosity is not None else {}),
+        "phase_budget": json.dumps(run["phase_budget"]),
     }
 
 
@@ -78,6 +79,8 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
     def forward(frames, cond):
         return {"output": model([frames, cond], training=False)}
 
+    if "phase_budget" not in run:
+        raise CalbatchError("run.json: no phase budget (a run trained before calbatch planned the top); train it again")
     porosity = training_porosity(run)
     proto, _ = tf2onnx.convert.from_function(forward, input_signature=sig, opset=opset)
     for k, v in metadata(run, porosity).items():

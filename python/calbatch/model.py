@@ -40,9 +40,9 @@ def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, 
     """calbatch's frame model (outputs class scores over :data:`CLASS_CODES`, unnormalised
     probabilities: log(scores) are the logits, :class:`Scores`): a small periodic 3-D CNN
     on cells of ``factor``^3 voxels sees the three frames' phase fractions, the conditioning and the
-    geometry and predicts (a) the motion along z: the share of the press's affine motion the
-    material follows after the press lifts (spring-back; 1 while pressing) and a residual
-    displacement (at most ``max_residual`` voxels), interpolated linearly to the voxels, which move
+    geometry and predicts (a) the motion along z: the share of the affine motion between the
+    planned tops (:mod:`calbatch.budget`) the material follows after the press lifts (spring-back;
+    1 while pressing) and a residual displacement (at most ``max_residual`` voxels), interpolated linearly to the voxels, which move
     the last frame (:class:`PressWarp`); (b) a correction (a gain) of the warped phases: per cell (``hidden``
     0, the default) or by a per-voxel layer of ``hidden`` units over the warped phases and the cell's
     features. Full-resolution work is gathers and a few elementwise ops (plus two tiny matrix
@@ -55,7 +55,7 @@ def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, 
         h = layers.Conv3D(channels, 3, activation="relu", name=f"coarse{i}")(PeriodicPad(1)(h))
     residual = layers.Conv3D(1, 1, activation="tanh", kernel_initializer="zeros", name="residual")(h)
     follow = layers.Conv3D(1, 1, activation="sigmoid", kernel_initializer="zeros",
-                           bias_initializer=keras.initializers.Constant(-2.0), name="follow")(h)
+                           bias_initializer=keras.initializers.Constant(2.0), name="follow")(h)
     motion = layers.Concatenate()([layers.Rescaling(max_residual)(residual), follow])
     pad = warp_padding(max_affine, max_residual)
     src = Upsample(factor, True)(WarpSource(factor, max_affine, pad, name="source")(motion, cond), last)

@@ -102,7 +102,7 @@ class Encode(layers.Layer):
 @keras.saving.register_keras_serializable("calbatch")
 class Geometry(layers.Layer):
     """Geometry channels (B, z, 1, 1, 3) of ``stride``-voxel slices: the height over the uncalendered
-    top, and the height less the press's current and target positions (all over h0)."""
+    top, and the height less the planned top of the current and the target frame (all over h0)."""
 
     def __init__(self, stride: int = 1, **kw):
         super().__init__(**kw)
@@ -169,9 +169,10 @@ def warp_padding(max_affine: float, max_residual: float) -> int:
 @keras.saving.register_keras_serializable("calbatch")
 class WarpSource(layers.Layer):
     """Per coarse cell, the z index (in the padded grid) each voxel's material comes from: the
-    press-affine motion (the squeeze that keeps the collector fixed and moves the top with the
-    press, at most ``max_affine`` voxels a step) times a gate -- 1 while pressing, the learned share
-    the material follows the retracting press (spring-back) otherwise -- plus the learned residual.
+    affine motion that keeps the collector fixed and moves the top from its planned height to the
+    next (:mod:`calbatch.budget`; squeeze while pressing, spring-back after; at most
+    ``max_affine`` voxels a step) times a gate -- 1 while pressing, a learned share otherwise --
+    plus the learned residual.
     Linear in z except for the learned parts, so upsampling it linearly keeps the squeeze exact, and
     the fine grid needs no per-slice (broadcast) arithmetic, which ONNX Runtime runs slowly."""
 
@@ -239,7 +240,7 @@ class Scores(layers.Layer):
 def press_mask(cond, nz):
     """(B, nz) 1.0 for the known-void slices of the target frame, else 0.0: those from
     :data:`calbatch.schedule.WALL_OVERLAP_VOXELS` slices past the first slice whose centre lies
-    above the press's target position (as :func:`calbatch.rollout.void_from`)."""
+    above the target's planned top (as :func:`calbatch.rollout.void_from` past a height)."""
     vs = cond[:, IDX_VS:IDX_VS + 1]
     iz = tf.cast(tf.range(nz), tf.float32)[None, :]
     first_above = tf.floor(cond[:, IDX_ZNEXT:IDX_ZNEXT + 1] / vs - 0.5) + 1.0

@@ -10,7 +10,12 @@ pore), so void is only ever above the electrode:
 - ``argmax``: the most probable class per voxel;
 - ``conserve``: the AM and CBD voxel counts of the previous frame are kept, given to the voxels most
   probably AM (then CBD) -- per-step erosion cannot remove material;
-- ``expected``: as ``conserve`` with the counts the model expects (the sum of its probabilities).
+- ``expected``: as ``conserve`` with the counts the model expects (the sum of its probabilities);
+- ``budget``: the AM and CBD counts and the top of every frame that the model's phase budget
+  (:mod:`calbatch.budget`, fitted on its training series) plans from frame 0 and the schedule;
+- ``particles`` (the default): the budget's counts and top, but the previous frame's particles (AM
+  and CBD connected components) are moved whole, each by the shift along z that the network's
+  probabilities favour, rather than re-decided voxel by voxel (:func:`move_particles`).
 Ties are broken by voxel index, so the result is deterministic.
 """
 
@@ -25,13 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from . import _core
-from .dataset import conditioning, past_indices
+from .dataset import COND_NAMES, conditioning, past_indices
 from .errors import CalbatchError
 from .export import load_onnx
 from .schedule import press_schedule
 from .volume import AM, CBD, PORE, VOID, validate
 
-RULES = ("argmax", "conserve", "expected")
+RULES = ("particles", "budget", "conserve", "expected", "argmax")
+DEFAULT_RULE = "particles"
+PLANNED_RULES = ("particles", "budget")  # the rules that take the phase budget's counts and top
+PARTICLE_SHIFTS = sorted(range(-6, 7), key=lambda s: (abs(s), s))  # slices a particle may move a step
 CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
 
 
@@ -79,9 +87,11 @@ def expected_counts(below: np.ndarray) -> tuple[int, int]:
     return int(round(sums[0])), int(round(sums[1]))  # a sum that is not finite: ValueError or OverflowError
 
 
-def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", first_void: int | None = None) -> np.ndarray:
+def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", first_void: int | None = None,
+           counts: tuple[int, int] | None = None) -> np.ndarray:
     """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule`` (see the module); slices
-    from ``first_void`` up (above the press) are void whatever the scores. The C++ core does the
+    from ``first_void`` up (above the press) are void whatever the scores; ``counts``: the (AM, CBD)
+    voxel counts of the ``budget`` rule (:func:`calbatch.budget.plan`). The C++ core does the
     work (``_core.decide``), bit for bit as the numpy reference ``calbatch._reference.decide``."""
     if rule not in RULES:
         raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
@@ -94,9 +104,95 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", fir
         counts = None
     elif rule == "conserve":
         counts = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
+    elif rule in PLANNED_RULES:
+        if counts is None:
+            raise CalbatchError(f"decision rule {rule}: no (AM, CBD) counts given")
+        counts = int(counts[0]), int(counts[1])
+        if rule == "particles":
+            return reach_planned_top(scores, move_particles(scores, previous, fv, counts), fv, counts)
     else:
         counts = expected_counts(scores[:fv].reshape(-1, 4))
-    return _core.decide(scores, fv, counts)
+    out = _core.decide(scores, fv, counts)
+    return reach_planned_top(scores, out, fv, counts) if rule == "budget" else out
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    return scores / np.maximum(scores.sum(axis=-1, keepdims=True), np.float32(1e-30))
+
+
+def decide_near(codes: np.ndarray, scores: np.ndarray, first_void: int, counts) -> np.ndarray:
+    """The frame nearest ``codes`` with the planned (AM, CBD) ``counts``: the codes' one-hot, the
+    network's probabilities breaking the ties (where moved particles overlapped or left room)."""
+    onehot = (codes[..., None] == CLASS_CODES).astype(np.float32)
+    return _core.decide(np.ascontiguousarray(onehot + np.float32(1e-3) * probabilities(scores)), first_void, counts)
+
+
+def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, counts) -> np.ndarray:
+    """The ``particles`` rule: every AM and CBD particle of ``previous`` (a connected component)
+    moves whole along z, by the shift in :data:`PARTICLE_SHIFTS` under which its voxels are most
+    probably its phase in the network's scores (the smallest such shift); AM wins where moved
+    particles overlap, as in the voxelizer; then the planned counts (:func:`decide_near`).
+    Re-deciding every voxel each step lets CBD spread over the AM surfaces (AM-CBD contact area
+    60 % above the DEM's after a free rollout, measured); particles that keep their shape do not."""
+    from scipy import ndimage
+
+    nz = previous.shape[0]
+    probs = probabilities(scores)
+    moved = np.where(previous == VOID, VOID, PORE).astype(np.uint8)
+    shifts = np.asarray(PARTICLE_SHIFTS)
+    for code, channel in ((CBD, 1), (AM, 2)):
+        labels, n = ndimage.label(previous == code)
+        if n == 0:
+            continue
+        zz, yy, xx = np.nonzero(labels)
+        ids = labels[zz, yy, xx] - 1
+        p = probs[..., channel]
+        fit = np.stack([np.bincount(ids, weights=p[np.clip(zz + s, 0, nz - 1), yy, xx], minlength=n) for s in shifts])
+        moved[np.clip(zz + shifts[np.argmax(fit, axis=0)][ids], 0, max(first_void, 1) - 1), yy, xx] = code
+    return decide_near(moved, scores, first_void, counts)
+
+
+def solid_top(frame: np.ndarray) -> int:
+    """Slices up to the highest one holding solid (0 for none)."""
+    rows = np.flatnonzero(((frame == AM) | (frame == CBD)).any(axis=(1, 2)))
+    return int(rows[-1] + 1) if rows.size else 0
+
+
+def lift_particles(frame: np.ndarray, top: int, first_void: int) -> np.ndarray:
+    """``frame`` stretched along z from ``top`` slices to ``first_void`` (collector fixed) the way a
+    granular electrode springs back: every AM and CBD particle (a connected component) is moved up
+    whole, by the stretch of its centroid, and the gaps open in the pore between them; AM wins
+    where moved particles overlap (as in the voxelizer). Void above the electrode stays void."""
+    from scipy import ndimage
+
+    out = np.where(frame == VOID, VOID, PORE).astype(np.uint8)
+    nz = frame.shape[0]
+    factor = first_void / top
+    for code in (CBD, AM):
+        labels, n = ndimage.label(frame == code)
+        if n == 0:
+            continue
+        z = np.nonzero(labels)[0]
+        ids = labels[labels > 0]
+        centroid = np.bincount(ids, weights=z, minlength=n + 1)[1:] / np.bincount(ids, minlength=n + 1)[1:]
+        shift = np.rint((centroid + 0.5) * factor - 0.5 - centroid).astype(np.int64)
+        zz, yy, xx = np.nonzero(labels)
+        zz = np.minimum(zz + shift[labels[zz, yy, xx] - 1], min(first_void, nz) - 1)
+        out[zz, yy, xx] = code
+    return out
+
+
+def reach_planned_top(scores: np.ndarray, decided: np.ndarray, first_void: int, counts) -> np.ndarray:
+    """The ``budget`` rule's second pass: a frame whose material stops below the planned top
+    (``first_void``) has its particles lifted up to it (:func:`lift_particles`) and is decided again
+    with the planned counts, the network's probabilities breaking the ties (so the counts hold
+    where lifted particles overlapped). Each step moves the material by a fraction of a voxel that
+    the hard decision rounds away, which leaves the spring-back a few slices short by the end of
+    the release; stretching the scores instead would stretch the particles themselves."""
+    top = solid_top(decided)
+    if not 0 < top < first_void:
+        return decided
+    return decide_near(lift_particles(decided, top, first_void), scores, first_void, counts)
 
 
 def electrode_top(volume: np.ndarray, voxel_size: float, source: str = "start") -> float:
@@ -118,20 +214,39 @@ def start_frames(start, voxel_size: float, h0: float | None = None) -> tuple[np.
     return given, electrode_top(given[0], voxel_size) if h0 is None else float(h0)
 
 
-def network_inputs(frames: np.ndarray, t: int, cd: float, h0: float, voxel_size: float, sched: dict):
+def network_inputs(frames: np.ndarray, t: int, cd: float, h0: float, voxel_size: float, top_um: np.ndarray, stages):
     """The network's inputs for the step t -> t + 1 of a rollout: the 3 past frames (channels
-    last, batch of one) and the conditioning of the target frame."""
-    pz, stages = sched["press_z_um"], sched["phase"]
+    last, batch of one) and the conditioning of the target frame (``top_um``: the planned tops)."""
     x = np.ascontiguousarray(np.moveaxis(frames[past_indices(t)], 0, -1))[None]
-    return x, conditioning(cd, h0, voxel_size, pz[t], pz[t + 1], stages[t + 1])[None]
+    return x, conditioning(cd, h0, voxel_size, top_um[t], top_um[t + 1], stages[t + 1])[None]
 
 
-def next_frame(out: np.ndarray, previous: np.ndarray, meta: dict, rule: str, press_z: float, voxel_size: float) -> np.ndarray:
+def step_plan(meta: dict, path, rule: str, sched: dict, cd: float, h0: float, frame0: np.ndarray, voxel_size: float) -> dict:
+    """A rollout's plan (:func:`calbatch.budget.plan`): the planned top of every frame (the
+    network's conditioning), each step's first void slice and, for the ``budget`` rule, its (AM,
+    CBD) counts (else None; the first void is then the press plus the model's wall overlap).
+    ``paper`` models read only the CD from the conditioning: they get the press positions."""
+    nz, pz = frame0.shape[0], sched["press_z_um"]
+    if meta.get("kind", "") == "paper":
+        p = {"top_um": np.asarray(pz, dtype=np.float64)}
+    else:
+        from .budget import from_meta, plan
+
+        p = plan(from_meta(meta, path), sched, cd, h0, frame0)
+    if rule not in PLANNED_RULES or meta.get("kind", "") == "paper":
+        overlap = wall_overlap(meta)
+        p["first_void"] = np.array([void_from(pz[t + 1], voxel_size, nz, overlap) for t in range(len(pz) - 1)], dtype=np.int64)
+        p["counts"] = None
+    return p
+
+
+def next_frame(out: np.ndarray, previous: np.ndarray, meta: dict, rule: str, first_void: int,
+               counts: tuple[int, int] | None = None) -> np.ndarray:
     """The next frame from one network output: ``paper`` models regress the codes (the nearest
     valid code, then the void rule), calbatch's give class scores for :func:`decide`."""
     if meta.get("kind", "") == "paper":
         return void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
-    return decide(out, previous, rule, void_from(press_z, voxel_size, previous.shape[0], wall_overlap(meta)))
+    return decide(out, previous, rule, first_void, counts)
 
 
 def _meta_list(meta: dict, key: str, path) -> list:
@@ -142,7 +257,11 @@ def _meta_list(meta: dict, key: str, path) -> list:
 
 
 def check_input(meta: dict, path, shape, voxel_size: float, h0: float) -> None:
-    """Refuse a grid or voxel size the model cannot take (one line naming the value)."""
+    """Refuse a grid or voxel size the model cannot take (one line naming the value), or a model
+    conditioned otherwise than calbatch conditions it."""
+    if meta.get("kind", "") != "paper" and _meta_list(meta, "conditioning", path) != list(COND_NAMES):
+        raise CalbatchError(f"{path}: the model was trained on the conditioning {meta['conditioning']}, calbatch now "
+                            f"gives {list(COND_NAMES)}: train it again")
     vs_model = float(meta.get("voxel_size_um", "nan"))
     if not abs(voxel_size - vs_model) <= 1e-6 * vs_model:
         raise CalbatchError(f"voxel size {voxel_size:g} um: the model {path} was trained at {vs_model:g} um")
@@ -161,7 +280,7 @@ def check_input(meta: dict, path, shape, voxel_size: float, h0: float) -> None:
 
 def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: float | None = None,
             speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
-            rule: str = "conserve", threads: int | None = None, attrs: dict | None = None,
+            rule: str = DEFAULT_RULE, threads: int | None = None, attrs: dict | None = None,
             progress: bool | None = None) -> dict:
     """Roll ``model`` out from ``start`` (one volume (nz, ny, nx) or the first three frames
     (3, nz, ny, nx)) to ``cd`` percent; returns a series dict (:func:`calbatch.series.read_series`'s
@@ -185,6 +304,10 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
     n = sched["n_frames"]
     if given.shape[0] > n:
         raise CalbatchError(f"start: {given.shape[0]} frames given, the schedule has only {n}")
+    if rule not in RULES:
+        raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
+    p = step_plan(meta, model, rule, sched, cd, h0, given[0], voxel_size)
+    first_void, counts = p["first_void"], p["counts"]
     frames = np.empty((n, *given.shape[1:]), dtype=np.uint8)
     frames[:given.shape[0]] = given
     wall = np.zeros(n)
@@ -193,9 +316,9 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
     for t in tqdm(range(given.shape[0] - 1, n - 1), desc=f"rollout CD {cd:g}", unit="frame", file=sys.stderr,
                   disable=not show, leave=False):
         t0 = time.perf_counter()
-        x, c = network_inputs(frames, t, cd, h0, voxel_size, sched)
+        x, c = network_inputs(frames, t, cd, h0, voxel_size, p["top_um"], stages)
         out = sess.run(None, {"frames": x, "cond": c})[0][0]
-        frames[t + 1] = next_frame(out, frames[t], meta, rule, pz[t + 1], voxel_size)
+        frames[t + 1] = next_frame(out, frames[t], meta, rule, first_void[t], None if counts is None else counts[t])
         wall[t + 1] = time.perf_counter() - t0
     nz, ny, nx = frames.shape[1:]
     a = dict(attrs or {})
@@ -212,7 +335,7 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
             "phases": np.zeros(0, np.uint8), "attrs": a}
 
 
-def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: int = 1, rule: str = "conserve",
+def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: int = 1, rule: str = DEFAULT_RULE,
                  voxel_size: float | None = None, threads: int | None = None, progress: bool | None = None) -> dict:
     """Roll out from a series file (its first ``start_frames`` frames, its top and schedule) or a
     volume file, write the series to ``out``; returns a summary."""

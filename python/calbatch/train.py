@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import WindowStream, scan, split
+from .budget import fit_series_files
+from .dataset import WindowStream, attach_budget, scan, split
 from .errors import CalbatchError
 from .model import CLASS_CODES, build, press_mask
 from .schedule import WALL_OVERLAP_VOXELS
@@ -106,15 +107,18 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
     if kind == "paper":
         config["grid"] = list(grid)
     model = build(kind, **config)
+    vs = vs.pop()
+    budget = fit_series_files([s.path for s in parts["train"]], vs)  # the plan the rollout will follow
+    attach_budget(infos, budget)
     opt = keras.optimizers.Adam(lr)
     opt.build(model.trainable_variables)
-    run = {"kind": kind, "config": config, "voxel_size_um": vs.pop(), "grid_zyx": list(grid),
+    run = {"kind": kind, "config": config, "voxel_size_um": vs, "grid_zyx": list(grid),
            "cd_range": [min(s.cd for s in parts["train"]), max(s.cd for s in parts["train"])],
            "train": [s.path for s in parts["train"]], "val": [s.path for s in parts["val"]],
            "test": [s.path for s in parts["test"]], "schedule": _schedule_params(parts["train"][0].path),
            "horizon": horizon, "crop": list(crop) if crop else None, "noise": noise, "lr": lr,
            "batch_size": batch_size, "seed": seed, "vol_weight": vol_weight,
-           "wall_overlap_voxels": WALL_OVERLAP_VOXELS}
+           "wall_overlap_voxels": WALL_OVERLAP_VOXELS, "phase_budget": budget}
     state = {"epoch": 0, "best_val": None, "bad_epochs": 0, "history": []}
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())

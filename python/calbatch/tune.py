@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import WindowStream, scan, split
+from .budget import fit_series_files
+from .dataset import WindowStream, attach_budget, scan, split
 from .errors import CalbatchError
 
 STUDY_NAME = "calbatch-tune"
@@ -118,6 +119,8 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
     if not parts["val"]:
         raise CalbatchError("dataset: the split leaves no validation series to score trials by "
                             "(give more series or a --val-fraction above 0)")
+    if parts["train"]:  # the planned tops every trial's run conditions on (fitted on the training series)
+        attach_budget(parts["val"], fit_series_files([s.path for s in parts["train"]], parts["train"][0].voxel_size))
     if kind == "paper":
         crop = None  # fixed-grid model: whole frames
     settings = {"kind": kind, "epochs": epochs, "max_windows": max_windows, "max_val_windows": max_val_windows,

@@ -190,7 +190,7 @@ def _training_parser(subparsers, name: str, help: str, out_help: str):
 
 
 def add_cli(subparsers) -> None:
-    from ..rollout import RULES
+    from ..rollout import DEFAULT_RULE, RULES
 
     p = _training_parser(subparsers, "train", "train a frame model on DEM series (checkpoints, resume, early stop)",
                          "run folder (checkpoints, run.json, state.json)")
@@ -233,8 +233,10 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run=_export)
 
     def rollout_common(q):
-        q.add_argument("--decision", choices=RULES, default="conserve",
-                       help="scores -> phases: argmax, conserve (AM/CBD counts kept) or expected (default conserve)")
+        q.add_argument("--decision", choices=RULES, default=DEFAULT_RULE,
+                       help="scores -> phases: particles (the default: particles moved whole as the network "
+                            "favours, to the AM/CBD counts and top the model's phase budget plans), budget (the "
+                            "planned counts and top, voxel by voxel), conserve (counts kept), expected or argmax")
         q.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
         q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

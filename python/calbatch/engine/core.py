@@ -6,7 +6,8 @@ grid sharing each network call.
 Each step, the C++ core assembles the network input window of the whole batch from every case's
 last three frames (``_core.rollout_window``) and writes every case's next frame from the network
 output into the case's own frames buffer (``_core.rollout_advance``: the decision rule of
-:func:`calbatch.rollout.decide`, or the nearest code for ``paper`` models). Python keeps the
+:func:`calbatch.rollout.decide`, or the nearest code for ``paper`` models; the ``particles`` rule,
+which labels and moves particles, runs :func:`calbatch.rollout.decide` itself per case). Python keeps the
 cases, gathers each step's conditioning (a row per case, precomputed from the schedule with
 :func:`calbatch.dataset.conditioning`) and calls the network. At batch size 1 the frames equal
 :func:`calbatch.rollout.rollout`'s plain Python loop bit for bit; at larger batches they equal
@@ -29,7 +30,17 @@ from .. import _core
 from ..dataset import COND_NAMES, conditioning
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import RULES, _meta_list, check_input, expected_counts, start_frames, void_from, wall_overlap
+from ..rollout import (
+    DEFAULT_RULE,
+    RULES,
+    _meta_list,
+    check_input,
+    decide,
+    expected_counts,
+    reach_planned_top,
+    start_frames,
+    step_plan,
+)
 from ..schedule import press_schedule
 from ..volume import PHASES
 from .backends import open_backend
@@ -71,6 +82,7 @@ class Case:
     t: int
     cond: np.ndarray  # (n_frames - 1, 7) float32: row t conditions the step t -> t + 1
     first_void: np.ndarray  # (n_frames - 1,) int64: frame t + 1 is void from this slice up
+    counts: np.ndarray | None  # (n_frames - 1, 2) int64: frame t + 1's AM and CBD voxels (budget rule)
     wall: np.ndarray  # (n_frames,) seconds of the step that made each frame
     start_frames: int
     extrapolated: bool
@@ -114,7 +126,7 @@ class Engine:
     of :func:`calbatch.export.load_onnx` when the caller has opened the file already.
     """
 
-    def __init__(self, model: str | Path, backend: str = "cpu", rule: str = "conserve", voxel_size: float | None = None,
+    def __init__(self, model: str | Path, backend: str = "cpu", rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1, opened: tuple | None = None):
         self.model_path = Path(model)
         if rule not in RULES:
@@ -133,7 +145,10 @@ class Engine:
         self.frame_interval_us = sched.get("frame_interval_us")
         self.dt = sched.get("timestep_us")
         self._decode = "nearest" if self.kind == "paper" else rule
-        self.wall_overlap = wall_overlap(self.meta)  # slices above the press the model may fill
+        if self.kind == "calbatch":
+            from ..budget import from_meta
+
+            from_meta(self.meta, self.model_path)  # refused now rather than at the first case
         self.backend = open_backend(backend, self.model_path, self.session, threads, self.batch_size,
                                     4 if self.kind == "calbatch" else 0)
         self._windows: dict[tuple, np.ndarray] = {}  # per grid: the (batch_size, nz, ny, nx, 3) input window
@@ -150,7 +165,6 @@ class Engine:
         """A case from one volume (nz, ny, nx) or its first three frames, checked against the
         model; ``series``: keep every frame (else a ring of the last three)."""
         given, h0 = start_frames(start, self.voxel_size, h0)
-        nz = given.shape[1]
         check_input(self.meta, self.model_path, given.shape[1:], self.voxel_size, h0)
         sched = press_schedule(cd, h0, self.speed, self.frame_interval_us, self.dt)
         n = sched["n_frames"]
@@ -160,13 +174,14 @@ class Engine:
         frames = np.empty((slots, *given.shape[1:]), dtype=np.uint8)
         for k in range(given.shape[0]):
             frames[k % slots] = given[k]
-        pz, stages = sched["press_z_um"], sched["phase"]
         vs = self.voxel_size
+        plan = step_plan(self.meta, self.model_path, self.rule, sched, cd, h0, given[0], vs)
+        tops, stages = plan["top_um"], sched["phase"]
         cond = np.zeros((n - 1, len(COND_NAMES)), dtype=np.float32)
         for t in range(n - 1):  # the network's conditioning of each step, as calbatch.rollout.network_inputs
-            cond[t] = conditioning(cd, h0, vs, pz[t], pz[t + 1], stages[t + 1])
-        first_void = np.array([void_from(pz[t + 1], vs, nz, self.wall_overlap) for t in range(n - 1)], dtype=np.int64)
-        return Case(float(cd), float(h0), sched, frames, given.shape[0] - 1, cond, first_void, np.zeros(n),
+            cond[t] = conditioning(cd, h0, vs, tops[t], tops[t + 1], stages[t + 1])
+        first_void, counts = plan["first_void"], plan["counts"]
+        return Case(float(cd), float(h0), sched, frames, given.shape[0] - 1, cond, first_void, counts, np.zeros(n),
                     given.shape[0], self.extrapolated(cd))
 
     def run(self, cases: Sequence[Case], progress: bool = False) -> None:
@@ -200,10 +215,22 @@ class Engine:
             cond[k] = c.cond[c.t]
         out = self.backend.run(x, cond)
         first_void = np.array([c.first_void[c.t] for c in batch], dtype=np.int64)
-        counts = None
-        if self._decode == "expected":  # numpy's float64 sum, as calbatch.rollout.decide counts
-            counts = np.array([expected_counts(out[k, :first_void[k]].reshape(-1, 4)) for k in range(b)], dtype=np.int64)
-        _core.rollout_advance(out, frames, t, first_void, self._decode, counts)
+        counts, decode = None, self._decode
+        if decode == "particles":  # particles are labelled and moved in numpy: calbatch.rollout.decide itself
+            for k, c in enumerate(batch):
+                prev = c.frames[c.t % len(c.frames)]
+                c.frames[(c.t + 1) % len(c.frames)] = decide(out[k], prev, "particles", int(first_void[k]),
+                                                             tuple(c.counts[c.t]))
+        else:
+            if decode == "expected":  # numpy's float64 sum, as calbatch.rollout.decide counts
+                counts = np.array([expected_counts(out[k, :first_void[k]].reshape(-1, 4)) for k in range(b)], dtype=np.int64)
+            elif decode == "budget":  # the planned counts, given to the core as the expected rule's
+                counts, decode = np.array([c.counts[c.t] for c in batch], dtype=np.int64), "expected"
+            _core.rollout_advance(out, frames, t, first_void, decode, counts)
+        if self._decode == "budget":  # the rule's second pass, as calbatch.rollout.decide runs it
+            for k, c in enumerate(batch):
+                slot = (c.t + 1) % len(c.frames)
+                c.frames[slot] = reach_planned_top(out[k], c.frames[slot], int(first_void[k]), tuple(counts[k]))
         share = (time.perf_counter() - t0) / b
         for c in batch:
             c.wall[c.t + 1] = share

@@ -9,7 +9,7 @@ electrodes:                        # files, globs (file.h5:/dataset allowed), or
 cds: [20, 30, {from: 35, to: 50, step: 2.5}]   # percent; a range includes both ends
 fick: {enabled: true, cbd_diffusivity: 0.354, tolerance: 1.0e-4, ranks_per_case: 1}
 keep: {final_volumes: false, series: false}
-decision: conserve                 # argmax | conserve | expected
+decision: particles                # particles | budget | conserve | expected | argmax
 voxel_size: 0.4                    # um; default: the model's
 batch_size: 1                      # cases sharing one network call
 threads: 0                         # ONNX Runtime threads per rank; 0: its default
@@ -85,7 +85,7 @@ class CasesFile(_Strict):
     cds: Annotated[list[CdItem], Field(min_length=1)]
     fick: Fick = Fick()
     keep: Keep = Keep()
-    decision: Literal["argmax", "conserve", "expected"] = "conserve"
+    decision: Literal["particles", "budget", "conserve", "expected", "argmax"] = "particles"
     voxel_size: Annotated[Number, Field(gt=0)] | None = None
     batch_size: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     threads: Annotated[int, Strict(), Field(ge=0, le=1024)] = 0

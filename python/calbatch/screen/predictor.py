@@ -19,7 +19,7 @@ from ..data import shipped_model_path
 from ..engine import Case, Engine
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import check_input, electrode_top
+from ..rollout import DEFAULT_RULE, check_input, electrode_top
 from ..volume import validate
 
 
@@ -43,7 +43,7 @@ class Predictor:
     (:data:`calbatch.engine.BACKENDS`; ``cpu``, the default, is ONNX Runtime on the CPU).
     """
 
-    def __init__(self, model: str | Path | None = None, rule: str = "conserve", voxel_size: float | None = None,
+    def __init__(self, model: str | Path | None = None, rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1, backend: str = "cpu"):
         self.model_path = Path(model) if model is not None else shipped_model("Predictor(model=...)")
         self.engine = Engine(self.model_path, backend=backend, rule=rule, voxel_size=voxel_size, threads=threads,
