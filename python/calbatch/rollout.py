@@ -40,6 +40,7 @@ RULES = ("particles", "budget", "conserve", "expected", "argmax")
 DEFAULT_RULE = "particles"
 PLANNED_RULES = ("particles", "budget")  # the rules that take the phase budget's counts and top
 PARTICLE_SHIFTS = sorted(range(-6, 7), key=lambda s: (abs(s), s))  # slices a particle may move a step
+PARTICLE_NETWORK_WEIGHT = 1e-3  # the network's say over the moved particles' voxels
 CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
 
 
@@ -120,11 +121,16 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
     return scores / np.maximum(scores.sum(axis=-1, keepdims=True), np.float32(1e-30))
 
 
-def decide_near(codes: np.ndarray, scores: np.ndarray, first_void: int, counts) -> np.ndarray:
-    """The frame nearest ``codes`` with the planned (AM, CBD) ``counts``: the codes' one-hot, the
-    network's probabilities breaking the ties (where moved particles overlapped or left room)."""
-    onehot = (codes[..., None] == CLASS_CODES).astype(np.float32)
-    return _core.decide(np.ascontiguousarray(onehot + np.float32(1e-3) * probabilities(scores)), first_void, counts)
+CODE_TO_CLASS = np.array([0, 1, 2, 3, 3], dtype=np.int64)  # phase code -> class index (void: 3)
+
+
+def decide_near(codes: np.ndarray, probs: np.ndarray, first_void: int, counts, weight: float = 1e-3) -> np.ndarray:
+    """The frame nearest ``codes`` with the planned (AM, CBD) ``counts``: the codes' one-hot plus
+    ``weight`` x the network's probabilities ``probs`` (small: they only break the ties, where moved
+    particles overlapped or left room)."""
+    near = probs * np.float32(weight)
+    near.reshape(-1, 4)[np.arange(codes.size), CODE_TO_CLASS[codes.ravel()]] += np.float32(1.0)
+    return _core.decide(np.ascontiguousarray(near, dtype=np.float32), first_void, counts)
 
 
 def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, counts) -> np.ndarray:
@@ -136,20 +142,25 @@ def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, co
     60 % above the DEM's after a free rollout, measured); particles that keep their shape do not."""
     from scipy import ndimage
 
-    nz = previous.shape[0]
+    nz, ny, nx = previous.shape
     probs = probabilities(scores)
     moved = np.where(previous == VOID, VOID, PORE).astype(np.uint8)
     shifts = np.asarray(PARTICLE_SHIFTS)
+    reach = int(np.abs(shifts).max())
+    top = max(first_void, 1) - 1
     for code, channel in ((CBD, 1), (AM, 2)):
         labels, n = ndimage.label(previous == code)
         if n == 0:
             continue
-        zz, yy, xx = np.nonzero(labels)
-        ids = labels[zz, yy, xx] - 1
-        p = probs[..., channel]
-        fit = np.stack([np.bincount(ids, weights=p[np.clip(zz + s, 0, nz - 1), yy, xx], minlength=n) for s in shifts])
-        moved[np.clip(zz + shifts[np.argmax(fit, axis=0)][ids], 0, max(first_void, 1) - 1), yy, xx] = code
-    return decide_near(moved, scores, first_void, counts)
+        flat = np.flatnonzero(labels)  # voxel indices, z-major
+        ids = labels.ravel()[flat] - 1
+        # the channel padded with its end slices along z: a shifted index never leaves the array
+        padded = np.pad(probs[..., channel], ((reach, reach), (0, 0), (0, 0)), mode="edge").ravel()
+        base = flat + reach * ny * nx
+        fit = np.stack([np.bincount(ids, weights=padded[base + s * ny * nx], minlength=n) for s in shifts])
+        zz = flat // (ny * nx) + shifts[np.argmax(fit, axis=0)][ids]
+        moved.ravel()[np.minimum(np.maximum(zz, 0), top) * (ny * nx) + flat % (ny * nx)] = code
+    return decide_near(moved, probs, first_void, counts, PARTICLE_NETWORK_WEIGHT)
 
 
 def solid_top(frame: np.ndarray) -> int:
@@ -192,7 +203,7 @@ def reach_planned_top(scores: np.ndarray, decided: np.ndarray, first_void: int, 
     top = solid_top(decided)
     if not 0 < top < first_void:
         return decided
-    return decide_near(lift_particles(decided, top, first_void), scores, first_void, counts)
+    return decide_near(lift_particles(decided, top, first_void), probabilities(scores), first_void, counts)
 
 
 def electrode_top(volume: np.ndarray, voxel_size: float, source: str = "start") -> float:
