@@ -70,3 +70,16 @@ def test_release_lift_moves_particles_apart_without_stretching_them():
     # the planned rules run the lift when the decided frame stops short of the planned top
     out = decide(scores_of(before), before, "particles", 24, counts_of(before))
     assert solid_top(out) == solid_top(lifted) and counts_of(out) == counts_of(before)
+
+
+def test_touching_spheres_part_into_particles_and_thin_ones_stay_whole():
+    from calbatch.rollout import particle_labels
+
+    mask = spheres([(10, 6, 3), (10, 6, 9)], radius=3.1) == 2  # two balls sharing a neck
+    mask |= spheres([(22, 3, 9)], radius=1.0) == 2  # a ball too thin to survive the erosion
+    labels, n = particle_labels(mask, 2)
+    sizes = sorted(np.bincount(labels[mask])[1:][np.bincount(labels[mask])[1:] > 0].tolist())
+    assert len(sizes) == 3 and sizes[0] == int((spheres([(22, 3, 9)], radius=1.0) == 2).sum())
+    assert min(sizes[1:]) > 0.45 * sum(sizes[1:])  # the two balls, split at their neck, one each
+    whole, n_whole = particle_labels(mask)
+    assert n_whole == 2 and (labels > 0).sum() == (whole > 0).sum() == mask.sum()

@@ -41,6 +41,7 @@ DEFAULT_RULE = "particles"
 PLANNED_RULES = ("particles", "budget")  # the rules that take the phase budget's counts and top
 PARTICLE_SHIFTS = sorted(range(-6, 7), key=lambda s: (abs(s), s))  # slices a particle may move a step
 PARTICLE_NETWORK_WEIGHT = 1e-3  # the network's say over the moved particles' voxels
+PARTICLE_SPLIT_EROSION = 4  # voxels of erosion that part touching AM spheres (chosen on validation)
 CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
 
 
@@ -133,14 +134,35 @@ def decide_near(codes: np.ndarray, probs: np.ndarray, first_void: int, counts, w
     return _core.decide(np.ascontiguousarray(near, dtype=np.float32), first_void, counts)
 
 
+def particle_labels(mask: np.ndarray, erosion: int = 0) -> tuple[np.ndarray, int]:
+    """Particle labels (1..n, gaps allowed) of ``mask`` and n: its connected components; with
+    ``erosion``, the components of the mask eroded that many voxels (so touching spheres part at
+    their necks), each voxel joining the nearest; a component too thin to survive the erosion stays
+    one particle."""
+    from scipy import ndimage
+
+    whole, n_whole = ndimage.label(mask)
+    if not erosion:
+        return whole, n_whole
+    cores, n = ndimage.label(ndimage.binary_erosion(mask, iterations=erosion))
+    if n == 0:
+        return whole, n_whole
+    nearest = ndimage.distance_transform_edt(cores == 0, return_distances=False, return_indices=True)
+    labels = np.where(mask, cores[tuple(nearest)], 0)
+    has_core = np.zeros(n_whole + 1, dtype=bool)
+    has_core[whole[cores > 0]] = True
+    thin = mask & ~has_core[whole]
+    labels[thin] = n + whole[thin]
+    return labels, n + n_whole
+
+
 def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, counts) -> np.ndarray:
-    """The ``particles`` rule: every AM and CBD particle of ``previous`` (a connected component)
-    moves whole along z, by the shift in :data:`PARTICLE_SHIFTS` under which its voxels are most
+    """The ``particles`` rule: every AM and CBD particle of ``previous`` (a connected component; AM
+    spheres that touch parted by :func:`particle_labels`) moves whole along z, by the shift in :data:`PARTICLE_SHIFTS` under which its voxels are most
     probably its phase in the network's scores (the smallest such shift); AM wins where moved
     particles overlap, as in the voxelizer; then the planned counts (:func:`decide_near`).
     Re-deciding every voxel each step lets CBD spread over the AM surfaces (AM-CBD contact area
     60 % above the DEM's after a free rollout, measured); particles that keep their shape do not."""
-    from scipy import ndimage
 
     nz, ny, nx = previous.shape
     probs = probabilities(scores)
@@ -149,7 +171,7 @@ def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, co
     reach = int(np.abs(shifts).max())
     top = max(first_void, 1) - 1
     for code, channel in ((CBD, 1), (AM, 2)):
-        labels, n = ndimage.label(previous == code)
+        labels, n = particle_labels(previous == code, PARTICLE_SPLIT_EROSION if code == AM else 0)
         if n == 0:
             continue
         flat = np.flatnonzero(labels)  # voxel indices, z-major
