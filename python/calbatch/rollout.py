@@ -157,19 +157,18 @@ def particle_labels(mask: np.ndarray, erosion: int = 0) -> tuple[np.ndarray, int
 
 
 def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, counts) -> np.ndarray:
-    """The ``particles`` rule: every AM and CBD particle of ``previous`` (a connected component; AM
-    spheres that touch parted by :func:`particle_labels`) moves whole along z, by the shift in :data:`PARTICLE_SHIFTS` under which its voxels are most
-    probably its phase in the network's scores (the smallest such shift); AM wins where moved
-    particles overlap, as in the voxelizer; then the planned counts (:func:`decide_near`).
-    Re-deciding every voxel each step lets CBD spread over the AM surfaces (AM-CBD contact area
-    60 % above the DEM's after a free rollout, measured); particles that keep their shape do not."""
-
+    """The ``particles`` rule: every AM and CBD particle of ``previous`` (a connected component;
+    touching AM spheres parted by :func:`particle_labels`) moves whole along z, by the shift in
+    :data:`PARTICLE_SHIFTS` under which its voxels are most probably its phase in the network's
+    scores (the smallest such shift); AM wins where moved particles overlap, as in the voxelizer;
+    then the planned counts (:func:`decide_near`). Re-deciding every voxel each step lets CBD spread
+    over the AM surfaces (AM-CBD contact area 60 % above the DEM's after a free rollout, measured);
+    particles that keep their shape do not."""
     nz, ny, nx = previous.shape
     probs = probabilities(scores)
     moved = np.where(previous == VOID, VOID, PORE).astype(np.uint8)
     shifts = np.asarray(PARTICLE_SHIFTS)
     reach = int(np.abs(shifts).max())
-    top = max(first_void, 1) - 1
     for code, channel in ((CBD, 1), (AM, 2)):
         labels, n = particle_labels(previous == code, PARTICLE_SPLIT_EROSION if code == AM else 0)
         if n == 0:
@@ -180,9 +179,17 @@ def move_particles(scores: np.ndarray, previous: np.ndarray, first_void: int, co
         padded = np.pad(probs[..., channel], ((reach, reach), (0, 0), (0, 0)), mode="edge").ravel()
         base = flat + reach * ny * nx
         fit = np.stack([np.bincount(ids, weights=padded[base + s * ny * nx], minlength=n) for s in shifts])
-        zz = flat // (ny * nx) + shifts[np.argmax(fit, axis=0)][ids]
-        moved.ravel()[np.minimum(np.maximum(zz, 0), top) * (ny * nx) + flat % (ny * nx)] = code
+        paste_shifted(moved, labels, shifts[np.argmax(fit, axis=0)], code, first_void)
     return decide_near(moved, probs, first_void, counts, PARTICLE_NETWORK_WEIGHT)
+
+
+def paste_shifted(out: np.ndarray, labels: np.ndarray, shift: np.ndarray, code: int, first_void: int) -> None:
+    """Write ``code`` into ``out`` where each particle of ``labels`` (1..n) lands after moving
+    ``shift[label - 1]`` slices along z, kept between the collector and the slice below ``first_void``."""
+    plane = out.shape[1] * out.shape[2]
+    flat = np.flatnonzero(labels)
+    zz = flat // plane + shift[labels.ravel()[flat] - 1]
+    out.ravel()[np.clip(zz, 0, max(first_void, 1) - 1) * plane + flat % plane] = code
 
 
 def solid_top(frame: np.ndarray) -> int:
@@ -199,7 +206,6 @@ def lift_particles(frame: np.ndarray, top: int, first_void: int) -> np.ndarray:
     from scipy import ndimage
 
     out = np.where(frame == VOID, VOID, PORE).astype(np.uint8)
-    nz = frame.shape[0]
     factor = first_void / top
     for code in (CBD, AM):
         labels, n = ndimage.label(frame == code)
@@ -208,10 +214,8 @@ def lift_particles(frame: np.ndarray, top: int, first_void: int) -> np.ndarray:
         z = np.nonzero(labels)[0]
         ids = labels[labels > 0]
         centroid = np.bincount(ids, weights=z, minlength=n + 1)[1:] / np.bincount(ids, minlength=n + 1)[1:]
-        shift = np.rint((centroid + 0.5) * factor - 0.5 - centroid).astype(np.int64)
-        zz, yy, xx = np.nonzero(labels)
-        zz = np.minimum(zz + shift[labels[zz, yy, xx] - 1], min(first_void, nz) - 1)
-        out[zz, yy, xx] = code
+        paste_shifted(out, labels, np.rint((centroid + 0.5) * factor - 0.5 - centroid).astype(np.int64), code,
+                      min(first_void, frame.shape[0]))
     return out
 
 
