@@ -45,7 +45,7 @@ def main() -> None:
     fick = (region, active.view(np.uint8), diffusivity, offsets, 0, active.shape[0], False)
 
     # The rollout's decision rule (conserve) on class scores over the electrode's grid, press at 80 %.
-    from calbatch.rollout import decide
+    from calbatch.rules import decide
 
     scores = rng.random((*volume.shape, 4), dtype=np.float32)
     first_void = int(0.8 * volume.shape[0])

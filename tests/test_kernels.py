@@ -175,7 +175,7 @@ def _previous(shape, seed: int, p=(0.4, 0.1, 0.5)) -> np.ndarray:
 
 
 def _assert_rule_matches(scores, previous, rule, first_void):
-    from calbatch.rollout import decide
+    from calbatch.rules import decide
 
     fv = scores.shape[0] if first_void is None else first_void
     try:
@@ -256,7 +256,7 @@ def test_decide_threaded_path_matches_numpy():
 
 def test_decide_in_place_and_bad_arguments():
     from calbatch.errors import CalbatchError
-    from calbatch.rollout import decide
+    from calbatch.rules import decide
 
     scores = _scores("random", (6, 5, 4), 13)
     previous = np.zeros((6, 5, 4), np.uint8)

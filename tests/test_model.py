@@ -345,7 +345,7 @@ def test_models_without_a_readable_budget_or_with_another_conditioning_are_refus
 
 
 def test_conserve_rule_keeps_phase_volumes():
-    from calbatch.rollout import decide
+    from calbatch.rules import decide
 
     rng = np.random.default_rng(3)
     prev = rng.choice(np.array([0, 1, 2], np.uint8), size=(12, 8, 8), p=[0.4, 0.1, 0.5])

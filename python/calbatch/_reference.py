@@ -80,7 +80,7 @@ def fick_matrix(phases: np.ndarray, active: np.ndarray, diffusivity: np.ndarray)
     return (matrix + sparse.diags(bottom_g + top_g)).tocsr(), bottom_g, top_g
 
 
-# --- the rollout's decision rule (``_core.decide``; ``calbatch.rollout.decide`` calls the core) ---
+# --- the rollout's decision rule (``_core.decide``; ``calbatch.rules.decide`` calls the core) ---
 # Float arithmetic is written out in the order the core does it, all in float32 and elementwise, so
 # the two agree bit for bit: numpy does not promise an order for a reduction such as .sum(axis=1).
 
@@ -128,7 +128,7 @@ def void_rule(codes: np.ndarray) -> np.ndarray:
 
 
 def decide(scores: np.ndarray, previous: np.ndarray, rule: str, first_void: int) -> np.ndarray:
-    """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule``, as ``calbatch.rollout.decide``
+    """Codes (nz, ny, nx) from class scores (nz, ny, nx, 4) by ``rule``, as ``calbatch.rules.decide``
     (which calls ``_core.decide``): ``argmax``; ``conserve`` (``previous``'s AM and CBD counts) or
     ``expected`` (:func:`expected_counts`) given to the voxels most probably AM, then CBD among the
     rest, ties by voxel index; slices from ``first_void`` up void; then the void rule."""

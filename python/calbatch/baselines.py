@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from .rollout import void_rule
+from .rules import void_rule
 from .volume import VOID
 
 

@@ -30,7 +30,8 @@ from . import baselines
 from .errors import CalbatchError
 from .evaluate_scores import CONTACTS, final_scores, final_state, frame_state, per_frame, triple
 from .export import load_onnx
-from .rollout import DEFAULT_RULE, ExtrapolationWarning, check_input, network_inputs, next_frame, rollout, step_plan
+from .rollout import ExtrapolationWarning, check_input, network_inputs, next_frame, rollout, step_plan
+from .rules import DEFAULT_RULE
 from .schedule import press_schedule
 from .series import read_series
 

@@ -190,7 +190,7 @@ def _training_parser(subparsers, name: str, help: str, out_help: str):
 
 
 def add_cli(subparsers) -> None:
-    from ..rollout import DEFAULT_RULE, RULES
+    from ..rules import DEFAULT_RULE, RULES
 
     p = _training_parser(subparsers, "train", "train a frame model on DEM series (checkpoints, resume, early stop)",
                          "run folder (checkpoints, run.json, state.json)")

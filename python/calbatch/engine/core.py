@@ -6,8 +6,8 @@ grid sharing each network call.
 Each step, the C++ core assembles the network input window of the whole batch from every case's
 last three frames (``_core.rollout_window``) and writes every case's next frame from the network
 output into the case's own frames buffer (``_core.rollout_advance``: the decision rule of
-:func:`calbatch.rollout.decide`, or the nearest code for ``paper`` models; the ``particles`` rule,
-which labels and moves particles, runs :func:`calbatch.rollout.decide` itself per case). Python keeps the
+:func:`calbatch.rules.decide`, or the nearest code for ``paper`` models; the ``particles`` rule,
+which labels and moves particles, runs :func:`calbatch.rules.decide` itself per case). Python keeps the
 cases, gathers each step's conditioning (a row per case, precomputed from the schedule with
 :func:`calbatch.dataset.conditioning`) and calls the network. At batch size 1 the frames equal
 :func:`calbatch.rollout.rollout`'s plain Python loop bit for bit; at larger batches they equal
@@ -30,17 +30,8 @@ from .. import _core
 from ..dataset import COND_NAMES, conditioning
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import (
-    DEFAULT_RULE,
-    RULES,
-    _meta_list,
-    check_input,
-    decide,
-    expected_counts,
-    reach_planned_top,
-    start_frames,
-    step_plan,
-)
+from ..rollout import _meta_list, check_input, start_frames, step_plan
+from ..rules import DEFAULT_RULE, RULES, decide, expected_counts, reach_planned_top
 from ..schedule import press_schedule
 from ..volume import PHASES
 from .backends import open_backend
@@ -120,7 +111,7 @@ class Engine:
     """A calbatch ONNX model held open for free rollouts.
 
     ``model``: the ONNX file; ``backend``: one of :data:`calbatch.engine.BACKENDS` (``cpu``: ONNX
-    Runtime's CPU provider); ``rule``: the decision rule (:data:`calbatch.rollout.RULES`);
+    Runtime's CPU provider); ``rule``: the decision rule (:data:`calbatch.rules.RULES`);
     ``voxel_size``: um (default: the model's); ``threads``: ONNX Runtime intra-op threads;
     ``batch_size``: cases of one grid sharing a network call; ``opened``: the (session, metadata)
     of :func:`calbatch.export.load_onnx` when the caller has opened the file already.
@@ -216,18 +207,18 @@ class Engine:
         out = self.backend.run(x, cond)
         first_void = np.array([c.first_void[c.t] for c in batch], dtype=np.int64)
         counts, decode = None, self._decode
-        if decode == "particles":  # particles are labelled and moved in numpy: calbatch.rollout.decide itself
+        if decode == "particles":  # particles are labelled and moved in numpy: calbatch.rules.decide itself
             for k, c in enumerate(batch):
                 prev = c.frames[c.t % len(c.frames)]
                 c.frames[(c.t + 1) % len(c.frames)] = decide(out[k], prev, "particles", int(first_void[k]),
                                                              tuple(c.counts[c.t]))
         else:
-            if decode == "expected":  # numpy's float64 sum, as calbatch.rollout.decide counts
+            if decode == "expected":  # numpy's float64 sum, as calbatch.rules.decide counts
                 counts = np.array([expected_counts(out[k, :first_void[k]].reshape(-1, 4)) for k in range(b)], dtype=np.int64)
             elif decode == "budget":  # the planned counts, given to the core as the expected rule's
                 counts, decode = np.array([c.counts[c.t] for c in batch], dtype=np.int64), "expected"
             _core.rollout_advance(out, frames, t, first_void, decode, counts)
-        if self._decode == "budget":  # the rule's second pass, as calbatch.rollout.decide runs it
+        if self._decode == "budget":  # the rule's second pass, as calbatch.rules.decide runs it
             for k, c in enumerate(batch):
                 slot = (c.t + 1) % len(c.frames)
                 c.frames[slot] = reach_planned_top(out[k], c.frames[slot], int(first_void[k]), tuple(counts[k]))

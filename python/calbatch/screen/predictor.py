@@ -19,7 +19,8 @@ from ..data import shipped_model_path
 from ..engine import Case, Engine
 from ..errors import CalbatchError
 from ..export import load_onnx
-from ..rollout import DEFAULT_RULE, check_input, electrode_top
+from ..rollout import check_input, electrode_top
+from ..rules import DEFAULT_RULE
 from ..volume import validate
 
 
@@ -37,7 +38,7 @@ class Predictor:
     series and the Fick solve) for one or many cases.
 
     ``model``: the ONNX file (default: the shipped model); ``rule``: the decision rule
-    (:data:`calbatch.rollout.RULES`); ``voxel_size``: um (default: the model's); ``threads``:
+    (:data:`calbatch.rules.RULES`); ``voxel_size``: um (default: the model's); ``threads``:
     ONNX Runtime intra-op threads; ``batch_size``: cases on one grid sharing a network call
     (1 = the reference's exact calls); ``backend``: where the network runs
     (:data:`calbatch.engine.BACKENDS`; ``cpu``, the default, is ONNX Runtime on the CPU).
