@@ -28,6 +28,7 @@ import json
 import numpy as np
 
 from .errors import CalbatchError
+from .rules import solid_top
 from .schedule import schedule_of_series
 from .volume import AM, CBD
 
@@ -41,9 +42,7 @@ def frame_budget(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     out = np.zeros((len(frames), 3), dtype=np.float64)
     for k, f in enumerate(frames):
-        am, cbd = f == AM, f == CBD
-        rows = np.flatnonzero((am | cbd).any(axis=(1, 2)))
-        out[k] = (rows[-1] + 1 if rows.size else 0), np.count_nonzero(am), np.count_nonzero(cbd)
+        out[k] = solid_top(f), np.count_nonzero(f == AM), np.count_nonzero(f == CBD)
     return out
 
 
@@ -113,8 +112,7 @@ def fit(series: list[dict], vs: float) -> dict:
         for k in np.flatnonzero(f["pressing"]):
             press_rows.append((f["strain"][k], y[k]))
         final_rows.append((f["cd"], y_final))
-        after = ~f["pressing"]
-        release_rows.append((f, b, after))
+        release_rows.append((f, b))
     s_press = np.array([r[0] for r in press_rows])
     y_press = np.array([r[1] for r in press_rows])
     press = _lstsq(_press_basis(s_press), y_press)  # (3 coefficients, 3 targets)
@@ -126,7 +124,8 @@ def fit(series: list[dict], vs: float) -> dict:
     # y - y_final = (y_lowest - y_final) g(tau), with a little smoothing
     nodes = len(TAU_NODES)
     rows, rhs = [[] for _ in TARGETS], [[] for _ in TARGETS]
-    for f, b, after in release_rows:
+    for f, b in release_rows:
+        after = ~f["pressing"]
         lo, fin = _ends(budget, f)
         ratio = _ratios(b)
         hats = _hat(f["tau"][after])

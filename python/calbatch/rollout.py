@@ -19,9 +19,9 @@ import numpy as np
 from .dataset import COND_NAMES, conditioning, past_indices
 from .errors import CalbatchError
 from .export import load_onnx
-from .rules import CLASS_CODES, DEFAULT_RULE, PLANNED_RULES, RULES, decide, void_rule
+from .rules import CLASS_CODES, DEFAULT_RULE, PLANNED_RULES, RULES, decide, solid_top, void_rule
 from .schedule import press_schedule
-from .volume import AM, CBD, validate
+from .volume import validate
 
 
 class ExtrapolationWarning(UserWarning):
@@ -50,10 +50,10 @@ def wall_overlap(meta: dict) -> int:
 
 def electrode_top(volume: np.ndarray, voxel_size: float, source: str = "start") -> float:
     """The uncalendered top h0 (um): the highest slice holding solid, + 1, times the voxel size."""
-    rows = np.flatnonzero(((volume == AM) | (volume == CBD)).any(axis=(1, 2)))
-    if not rows.size:
+    top = solid_top(volume)
+    if not top:
         raise CalbatchError(f"{source}: the first frame holds no solid voxel")
-    return float((rows[-1] + 1) * voxel_size)
+    return float(top * voxel_size)
 
 
 def start_frames(start, voxel_size: float, h0: float | None = None) -> tuple[np.ndarray, float]:

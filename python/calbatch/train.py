@@ -20,11 +20,9 @@ from .budget import fit_series_files
 from .dataset import WindowStream, attach_budget, scan, split
 from .errors import CalbatchError
 from .model import CLASS_CODES, build, press_mask
+from .rules import CODE_TO_CLASS
 from .schedule import WALL_OVERLAP_VOXELS
 from .series import atomic_text
-
-# phase code -> class index (codes 0, 1, 2, 4)
-CODE_TO_CLASS = np.array([0, 1, 2, 3, 3], dtype=np.int32)
 
 
 def boundary_noise(inputs: np.ndarray, fraction: float, rng) -> np.ndarray:
@@ -40,7 +38,7 @@ def boundary_noise(inputs: np.ndarray, fraction: float, rng) -> np.ndarray:
 def _losses(kind: str, vol_weight: float):
     import tensorflow as tf
 
-    lut = tf.constant(CODE_TO_CLASS)
+    lut = tf.constant(CODE_TO_CLASS.astype(np.int32))
     codes = tf.constant([float(c) for c in CLASS_CODES])
     codes8 = tf.constant(CLASS_CODES, tf.uint8)
 

@@ -73,7 +73,7 @@ class Case:
     t: int
     cond: np.ndarray  # (n_frames - 1, 7) float32: row t conditions the step t -> t + 1
     first_void: np.ndarray  # (n_frames - 1,) int64: frame t + 1 is void from this slice up
-    counts: np.ndarray | None  # (n_frames - 1, 2) int64: frame t + 1's AM and CBD voxels (budget rule)
+    counts: np.ndarray | None  # (n_frames - 1, 2) int64: frame t + 1's AM and CBD voxels (planned rules)
     wall: np.ndarray  # (n_frames,) seconds of the step that made each frame
     start_frames: int
     extrapolated: bool
