@@ -47,8 +47,8 @@ if MPI.COMM_WORLD.Get_rank() == 0:
 
 def python_loop(session, meta, start, cd, rule, voxel_size) -> tuple[np.ndarray, float]:
     """``calbatch rollout``'s plain loop over an open session: (frames, seconds)."""
-    from calbatch.rollout import network_inputs, next_frame, start_frames, step_plan
-    from calbatch.schedule import press_schedule
+    from calbatch.electrode.schedule import press_schedule
+    from calbatch.surrogate.rollout import network_inputs, next_frame, start_frames, step_plan
 
     t0 = time.perf_counter()
     sched_meta = json.loads(meta.get("schedule", "{}") or "{}")
@@ -67,8 +67,8 @@ def python_loop(session, meta, start, cd, rule, voxel_size) -> tuple[np.ndarray,
 
 
 def bench_steps(model: Path, volume: np.ndarray, cd: float, threads: int, batches: list[int]) -> dict:
-    from calbatch.engine import Engine
     from calbatch.screen import Predictor
+    from calbatch.surrogate import Engine
 
     out: dict = {"batch_step_s": {}}
     for b in batches:
@@ -93,7 +93,7 @@ def bench_steps(model: Path, volume: np.ndarray, cd: float, threads: int, batche
 
 
 def bench_loop(model: Path, volume: np.ndarray, cd: float, threads: int) -> dict:
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     engine = Engine(model, threads=threads)
     engine.rollouts([volume], [cd])  # warm-up
@@ -125,7 +125,7 @@ def bench_screen(model: Path, n_cases: int, ranks: int, folder: Path) -> dict:
 
 def main() -> None:
     from calbatch.data import example_volume_path
-    from calbatch.volume import read_volume
+    from calbatch.electrode.volume import read_volume
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "python" / "calbatch" / "data" / "model.onnx")

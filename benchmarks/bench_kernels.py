@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 
-from calbatch import _core, _reference, read_volume
+from calbatch import _core, read_volume
 from calbatch.data import example_volume_path
-from calbatch.voxelize import voxelize_spheres
+from calbatch.electrode import _reference
+from calbatch.electrode.voxelize import voxelize_spheres
 
 
 def best_time(fn, repeats: int) -> float:
@@ -45,7 +46,7 @@ def main() -> None:
     fick = (region, active.view(np.uint8), diffusivity, offsets, 0, active.shape[0], False)
 
     # The rollout's decision rule (conserve) on class scores over the electrode's grid, press at 80 %.
-    from calbatch.rules import decide
+    from calbatch.surrogate.rules import decide
 
     scores = rng.random((*volume.shape, 4), dtype=np.float32)
     first_void = int(0.8 * volume.shape[0])

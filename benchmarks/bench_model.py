@@ -21,7 +21,7 @@ The first export of this design ran 0.37 s in ONNX Runtime against 0.15 s in Ten
 profiles (SessionOptions.enable_profiling) showed full-grid Equal/Cast one-hots, clamps written as a
 scalar minus a tensor, and broadcasts along middle or last axes (4-5x slower than same-shape
 operations in ONNX Runtime), not the layout transposes around the 3-D convolutions, which act only
-on the coarse grid here. calbatch.model_layers avoids each. A rollout step (network plus the
+on the coarse grid here. calbatch.model.layers avoids each. A rollout step (network plus the
 ``conserve`` decision rule) took 0.07-0.11 s. The paper-style model at 125x76x76 (16 filters, 143 M
 parameters) did not export: tf2onnx grew past the machine's 23 GB and was OOM-killed, so --paper
 benches it on --paper-grid (48x32x32: TF 0.003 s, ORT 0.001 s).
@@ -55,7 +55,7 @@ def _time_both(fns, repeat: int) -> list[float]:
 def bench(model, run: dict, grid, threads: int, repeat: int) -> dict:
     import tensorflow as tf
 
-    from calbatch.export import export, load_onnx, random_input
+    from calbatch.model.export import export, load_onnx, random_input
 
     frames, cond = random_input(grid, float(run["voxel_size_um"]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +86,8 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from calbatch.model import build
-    from calbatch.train import load_trained
+    from calbatch.model.networks import build
+    from calbatch.model.train import load_trained
 
     if args.run:
         model, run = load_trained(Path(args.run))

@@ -49,7 +49,7 @@ PRECONDITIONERS = {
 
 def example_volume() -> np.ndarray:
     from calbatch.data import example_volume_path
-    from calbatch.volume import read_volume
+    from calbatch.electrode.volume import read_volume
 
     return read_volume(example_volume_path())
 
@@ -58,7 +58,7 @@ def random_packing(n: int, seed: int = 0) -> np.ndarray:
     """An n^3 box of 0.4 um voxels filled with randomly placed, overlapping spheres, AM (d 2.5-10
     um) and CBD (d 1.3 um, AM wins where they overlap): about 65 % AM, 5 % CBD and 30 % pore,
     the porosity of an electrode calendered to CD 25-30 %."""
-    from calbatch.voxelize import voxelize_spheres
+    from calbatch.electrode.voxelize import voxelize_spheres
 
     rng = np.random.default_rng(seed)
     side = n * 0.4
@@ -113,8 +113,8 @@ def taufactor_run(volume: np.ndarray, conv_crit: float, repeats: int, threads: i
     import taufactor
     import torch
 
+    from calbatch.electrode.volume import PORE, VOID
     from calbatch.transport import electrode_thickness
-    from calbatch.volume import PORE, VOID
 
     torch.set_num_threads(threads)
     region = volume[: electrode_thickness(volume)]

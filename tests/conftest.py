@@ -99,7 +99,7 @@ def onnx_const(name: str, value):
 def hand_budget(voxel_size: float) -> dict:
     """A phase budget for hand-made models: the top rides 0.5 slices per unit strain over the press and
     springs back 2 slices; AM and CBD volumes shrink by half the strain and end 0.3 x CD low."""
-    from calbatch.budget import BUDGET_FORMAT, TAU_NODES
+    from calbatch.surrogate.budget import BUDGET_FORMAT, TAU_NODES
 
     return {"format": BUDGET_FORMAT, "voxel_size_um": voxel_size,
             "press": [[0.5, -0.5, -0.5], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
@@ -110,7 +110,7 @@ def hand_budget(voxel_size: float) -> dict:
 def still_budget(voxel_size: float) -> dict:
     """A phase budget that plans what ``conserve`` does with a model that moves nothing itself:
     the top on the press, then on its lowest point; AM and CBD volumes kept."""
-    from calbatch.budget import BUDGET_FORMAT, TAU_NODES
+    from calbatch.surrogate.budget import BUDGET_FORMAT, TAU_NODES
 
     zeros = [[0.0] * 3 for _ in range(3)]
     return {"format": BUDGET_FORMAT, "voxel_size_um": voxel_size, "press": zeros, "final": zeros,
@@ -133,7 +133,7 @@ def save_model(path, nodes, *, voxel_size: float, kind: str = "calbatch", grid=(
     out = h.make_tensor_value_info("output", TensorProto.FLOAT, ["B", *dims] + ([] if paper else [4]))
     model = h.make_model(h.make_graph(nodes, Path(path).stem, [frames, cond], [out]),
                          opset_imports=[h.make_opsetid("", 17)])
-    from calbatch.dataset import COND_NAMES
+    from calbatch.model.dataset import COND_NAMES
 
     ours = {} if paper else {"conditioning": json.dumps(list(COND_NAMES)), "phase_budget": json.dumps(hand_budget(voxel_size))}
     h.set_model_props(model, {

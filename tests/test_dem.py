@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calbatch import dem
-from calbatch.metrics import measure
+from calbatch import CalbatchError, dem
+from calbatch.electrode.metrics import measure
 from conftest import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.liggghts  # real LIGGGHTS runs throughout
@@ -44,6 +44,19 @@ def test_pack_is_a_loose_seeded_electrode(tiny):
     assert np.array_equal(again[0], dem.initial_placement(3, 40, 6.0, 0.3)[0])
 
 
+def test_a_bed_still_falling_is_refused_not_packed(tmp_path, monkeypatch):
+    """The fall goes on until no particle moves faster than the settle speed; a bed still falling
+    when the cap is reached is one clear error, and no pack file is written."""
+    from calbatch.dem.settings import PACK
+
+    monkeypatch.setitem(PACK, "fall_us", 1.0)
+    monkeypatch.setitem(PACK, "settle_chunk_us", 1.0)
+    monkeypatch.setitem(PACK, "max_fall_us", 2.0)
+    with pytest.raises(CalbatchError, match="did not settle within 2 us"):
+        dem.pack(tmp_path / "pack.h5", seed=3, n_am=12, box_xy=3.2, size_scale=0.3, voxel_size=0.2, nz=48)
+    assert not (tmp_path / "pack.h5").exists()
+
+
 def test_mass_ratio_gives_the_cbd_volume_fraction(tiny):
     attrs = dem.read_pack(tiny["pack"])["attrs"]
     # 96:4 by weight with a CBD of density 1.86 x (1 - 0.5) = 0.93 g/cm3: 17.2 % of the solid volume
@@ -54,7 +67,7 @@ def test_mass_ratio_gives_the_cbd_volume_fraction(tiny):
     share = spheres[packed["phases"] == 1].sum() / spheres.sum()
     assert share == pytest.approx(attrs["cbd_volume_fraction"], rel=0.05)  # whole spheres: rounding only
     # voxelized finely, the CBD share of the solid voxels is the intended one within a few percent
-    from calbatch.voxelize import voxelize_spheres
+    from calbatch.electrode.voxelize import voxelize_spheres
     box = tuple(attrs["box_um"])
     vol = voxelize_spheres(packed["positions"], packed["radii"], packed["phases"], box, (200, 120, 120), 0.05)
     assert measure(vol, 0.05)["cbd_share_of_solid"] == pytest.approx(attrs["cbd_volume_fraction"], rel=0.08)
@@ -110,7 +123,7 @@ def test_series_file_round_trips_and_revoxelizes(tiny, tmp_path):
     assert measure(fine["frames"][0], 0.1)["porosity"] == pytest.approx(
         measure(s["frames"][0], 0.2)["porosity"], abs=0.03)
     # a volume spec into the series reads one frame
-    from calbatch.volume import read_volume
+    from calbatch.electrode.volume import read_volume
     assert np.array_equal(read_volume(f"{tiny['series']}:/frames/2"), s["frames"][2])
 
 

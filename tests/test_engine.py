@@ -68,8 +68,8 @@ def python_loop(session, meta, starts, cds, rule, batch_size, voxel_size=VS):
     """``calbatch rollout``'s plain Python loop (its network_inputs, session.run and next_frame) for
     several cases, ``batch_size`` cases per network call, taken in the engine's order: the first
     unfinished cases on the first unfinished case's grid. Returns each case's frames."""
-    from calbatch.rollout import network_inputs, next_frame, start_frames, step_plan
-    from calbatch.schedule import press_schedule
+    from calbatch.electrode.schedule import press_schedule
+    from calbatch.surrogate.rollout import network_inputs, next_frame, start_frames, step_plan
 
     sched_meta = json.loads(meta.get("schedule", "{}"))
     cases = []
@@ -105,7 +105,7 @@ def models(tmp_path_factory) -> dict:
 
 
 def _rollout(model, start, cd, rule="particles"):
-    from calbatch.rollout import ExtrapolationWarning, rollout
+    from calbatch.surrogate.rollout import ExtrapolationWarning, rollout
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)
@@ -116,7 +116,7 @@ def _rollout(model, start, cd, rule="particles"):
 
 @pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "argmax", "expected"])
 def test_batch_1_equals_rollout_bit_for_bit(models, rule):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     engine = Engine(models["tiny"], rule=rule)
     vol = random_volume(GRID, seed=11)
@@ -138,7 +138,7 @@ def test_batch_1_equals_rollout_bit_for_bit(models, rule):
 def test_wall_overlap_of_the_model_is_honoured_by_engine_and_rollout(models):
     """A model trained to fill slices above the press (metadata ``wall_overlap_voxels``): the engine
     and the plain loop force void from the same slice, and frames differ from a model without it."""
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     overlap = with_metadata(models["tiny"], models["dir"] / "overlap.onnx", wall_overlap_voxels="3")
     vol = random_volume(GRID, seed=5)
@@ -150,7 +150,7 @@ def test_wall_overlap_of_the_model_is_honoured_by_engine_and_rollout(models):
 
 @pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "expected"])
 def test_batches_with_mixed_cds_equal_the_python_loop_bit_for_bit(models, rule):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     starts = [random_volume(GRID, seed=s) for s in range(5)] + [random_volume((28, 16, 16), seed=9)]
     cds = [20.0, 42.5, 31.0, 25.0, 37.0, 33.0]  # schedules of different lengths: cases finish at different steps
@@ -168,7 +168,7 @@ def test_batches_with_mixed_cds_equal_the_python_loop_bit_for_bit(models, rule):
 
 
 def test_paper_model_equals_rollout_bit_for_bit(models):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     vol = random_volume(GRID, seed=4)
     ref = _rollout(models["paper"], vol, 30.0)
@@ -184,9 +184,9 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
     """An (untrained) calbatch network exported through Keras, as the shipped model is."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
-    from calbatch.engine import Engine
-    from calbatch.export import export
-    from calbatch.model import build
+    from calbatch.model.export import export
+    from calbatch.model.networks import build
+    from calbatch.surrogate import Engine
 
     config = {"channels": 4, "layers_coarse": 1}
     run = {"kind": "calbatch", "config": config, "grid_zyx": list(GRID), "voxel_size_um": VS, "cd_range": [20, 50],
@@ -204,7 +204,7 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
 # --- checks and errors ------------------------------------------------------------------------------
 
 def test_model_metadata_is_checked(models):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     d, tiny = models["dir"], models["tiny"]
     bad = {
@@ -229,7 +229,7 @@ def test_model_metadata_is_checked(models):
 
 
 def test_cases_are_checked_against_the_model(models):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     engine = Engine(models["tiny"])
     with pytest.raises(CalbatchError, match="multiples of 4"):
@@ -279,8 +279,8 @@ def test_core_refuses_bad_buffers():
 def test_cases_file_backend_key(tmp_path):
     import typing
 
-    from calbatch.engine import BACKENDS
     from calbatch.screen.config import CasesFile, parse
+    from calbatch.surrogate import BACKENDS
 
     assert typing.get_args(CasesFile.model_fields["backend"].annotation) == BACKENDS
     path = tmp_path / "cases.yaml"
@@ -296,8 +296,8 @@ def test_cases_file_backend_key(tmp_path):
 @pytest.mark.skipif(CUDA, reason="onnxruntime-gpu is installed: its backends are tested below")
 @pytest.mark.parametrize("backend", ["ort-cuda", "ort-tensorrt"])
 def test_ort_gpu_backends_say_what_is_missing(models, backend):
-    from calbatch.engine import Engine
     from calbatch.screen import Predictor
+    from calbatch.surrogate import Engine
 
     with pytest.raises(CalbatchError, match=f"^--backend {backend}: onnxruntime-gpu is not installed") as err:
         Engine(models["tiny"], backend=backend)
@@ -308,14 +308,14 @@ def test_ort_gpu_backends_say_what_is_missing(models, backend):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed: tested below")
 def test_tensorrt_backend_says_what_is_missing(models):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     with pytest.raises(CalbatchError, match="^--backend tensorrt: the tensorrt package is not installed$"):
         Engine(models["tiny"], backend="tensorrt")
 
 
 def test_unknown_backend(models):
-    from calbatch.engine import BACKENDS, Engine
+    from calbatch.surrogate import BACKENDS, Engine
 
     with pytest.raises(CalbatchError, match="--backend 'tpu': unknown \\(one of cpu, ort-cuda, ort-tensorrt, tensorrt\\)"):
         Engine(models["tiny"], backend="tpu")
@@ -325,7 +325,7 @@ def test_unknown_backend(models):
 @pytest.mark.skipif(not CUDA, reason="onnxruntime-gpu (CUDAExecutionProvider) is not installed")
 @pytest.mark.parametrize("backend", ["ort-cuda"] + (["ort-tensorrt"] if TRT_EP else []))
 def test_ort_gpu_backend_equals_the_python_loop_over_its_session(models, backend, tmp_path, monkeypatch):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     monkeypatch.setenv("CALBATCH_CACHE", str(tmp_path))
     starts = [random_volume(GRID, seed=s) for s in range(3)]
@@ -340,7 +340,7 @@ def test_ort_gpu_backend_equals_the_python_loop_over_its_session(models, backend
 
 @pytest.mark.skipif(not TENSORRT, reason="tensorrt and cupy are not both installed")
 def test_tensorrt_backend_matches_the_cpu_and_caches_its_engine(models, tmp_path, monkeypatch):
-    from calbatch.engine import Engine
+    from calbatch.surrogate import Engine
 
     monkeypatch.setenv("CALBATCH_CACHE", str(tmp_path))
     starts = [random_volume(GRID, seed=s) for s in range(3)]

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calbatch.electrode.series import read_series, write_series
 from calbatch.errors import CalbatchError
-from calbatch.series import read_series, write_series
 from conftest import assert_one_line_error, run_cli
 from test_model import CASES, PARTICLES, VS, tiny_series
 
@@ -31,8 +31,8 @@ def series(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def trained(series, tmp_path_factory):
     """A calbatch model trained a few steps (train split: CD 20 and 30 series), exported."""
-    from calbatch.export import export
-    from calbatch.train import load_trained, train
+    from calbatch.model.export import export
+    from calbatch.model.train import load_trained, train
 
     out = tmp_path_factory.mktemp("run")
     train(series, out / "run", config={"channels": 8, "layers_coarse": 2}, epochs=1, batch_size=2, horizon=2,
@@ -60,8 +60,8 @@ def with_changes(src: Path, out: Path, frames: int | None = None, **attrs) -> Pa
 # --- export's training porosity -------------------------------------------------------------------
 
 def test_export_carries_the_training_porosity_per_cd(trained):
-    from calbatch.export import load_onnx
-    from calbatch.metrics import measure
+    from calbatch.electrode.metrics import measure
+    from calbatch.model.export import load_onnx
 
     _, meta = load_onnx(trained["onnx"])
     table = json.loads(meta["training_final_porosity_by_cd"])
@@ -80,14 +80,14 @@ def test_export_carries_the_training_porosity_per_cd(trained):
 
 @pytest.fixture(scope="module")
 def report(trained, series):
-    from calbatch.evaluate import evaluate
+    from calbatch.evaluate.run import evaluate
 
     return evaluate(trained["onnx"], [pick(series, "ms4_cd20")], fick=False, progress=False)
 
 
 def test_evaluate_metrics_match_the_kernels(trained, series, report):
-    from calbatch.metrics import compare, measure
-    from calbatch.rollout import rollout
+    from calbatch.electrode.metrics import compare, measure
+    from calbatch.surrogate.rollout import rollout
 
     src = pick(series, "ms4_cd20")
     dem = read_series(src)
@@ -132,7 +132,7 @@ def test_evaluate_metrics_match_the_kernels(trained, series, report):
 
 
 def test_training_porosity_baseline_is_scored_on_porosity(trained, report):
-    from calbatch.export import load_onnx
+    from calbatch.model.export import load_onnx
 
     _, meta = load_onnx(trained["onnx"])
     table = json.loads(meta["training_final_porosity_by_cd"])
@@ -146,7 +146,7 @@ def test_training_porosity_baseline_is_scored_on_porosity(trained, report):
 def test_a_model_without_training_porosity_still_evaluates(trained, series, tmp_path):
     import onnx
 
-    from calbatch.evaluate import evaluate
+    from calbatch.evaluate.run import evaluate
 
     proto = onnx.load(str(trained["onnx"]))
     keep = [p for p in proto.metadata_props if p.key != "training_final_porosity_by_cd"]
@@ -160,8 +160,8 @@ def test_a_model_without_training_porosity_still_evaluates(trained, series, tmp_
 
 
 def test_press_affine_squeeze_follows_the_press():
-    from calbatch.baselines import press_affine, squeeze
-    from calbatch.metrics import measure
+    from calbatch.electrode.metrics import measure
+    from calbatch.evaluate.baselines import press_affine, squeeze
 
     start = np.full((20, 4, 4), 4, np.uint8)
     start[:10] = 2
@@ -177,7 +177,7 @@ def test_press_affine_squeeze_follows_the_press():
 
 @pytest.mark.mpi
 def test_fick_numbers_are_the_solvers(trained, series):
-    from calbatch.evaluate import evaluate
+    from calbatch.evaluate.run import evaluate
     from calbatch.transport import tortuosity
 
     src = pick(series, "ms4_cd20")
@@ -196,7 +196,7 @@ def test_fick_numbers_are_the_solvers(trained, series):
 # --- twins ----------------------------------------------------------------------------------------
 
 def test_twin_is_matched_by_microstructure_and_cd(trained, series, tmp_path):
-    from calbatch.evaluate import evaluate
+    from calbatch.evaluate.run import evaluate
 
     src = pick(series, "ms4_cd20")
     same = with_changes(src, tmp_path / "twin.h5", timestep_us=2.5e-4)  # the same frames: a perfect twin
@@ -276,8 +276,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(trained, series, tmp_path)
 
 def test_tune_scores_trials_on_validation_and_resumes(series, tmp_path):
     pytest.importorskip("optuna")
-    from calbatch.train import load_trained
-    from calbatch.tune import tune, validation_score
+    from calbatch.model.train import load_trained
+    from calbatch.model.tune import tune, validation_score
 
     kw = {"epochs": 1, "max_windows": 4, "max_val_windows": 2, "crop": (8, 8), "val_fraction": 0.3, "progress": False}
     r = tune(series, tmp_path / "study", trials=2, **kw)
@@ -291,7 +291,7 @@ def test_tune_scores_trials_on_validation_and_resumes(series, tmp_path):
     run = json.loads((Path(best["run"]) / "run.json").read_text())
     assert sorted(run["val"]) == sorted(r["settings"]["validation_series"])
     assert not set(run["val"]) & set(run["test"]) and not set(run["train"]) & set(run["test"])
-    from calbatch.dataset import scan
+    from calbatch.model.dataset import scan
 
     model, _ = load_trained(Path(best["run"]))
     again = validation_score(model, "calbatch", scan(run["val"], run["phase_budget"]), 2, (8, 8), 2, 0, 2)

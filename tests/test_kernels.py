@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from calbatch import _core, _reference
-from calbatch.metrics import compare, measure
+from calbatch import _core
+from calbatch.electrode import _reference
+from calbatch.electrode.metrics import compare, measure
+from calbatch.electrode.voxelize import voxelize_spheres
 from calbatch.transport import unknown_offsets
-from calbatch.voxelize import voxelize_spheres
 from conftest import random_volume
 
 
@@ -175,7 +176,7 @@ def _previous(shape, seed: int, p=(0.4, 0.1, 0.5)) -> np.ndarray:
 
 
 def _assert_rule_matches(scores, previous, rule, first_void):
-    from calbatch.rules import decide
+    from calbatch.surrogate.rules import decide
 
     fv = scores.shape[0] if first_void is None else first_void
     try:
@@ -256,7 +257,7 @@ def test_decide_threaded_path_matches_numpy():
 
 def test_decide_in_place_and_bad_arguments():
     from calbatch.errors import CalbatchError
-    from calbatch.rules import decide
+    from calbatch.surrogate.rules import decide
 
     scores = _scores("random", (6, 5, 4), 13)
     previous = np.zeros((6, 5, 4), np.uint8)

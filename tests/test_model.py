@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calbatch.electrode.series import read_series, write_series
 from calbatch.errors import CalbatchError
-from calbatch.series import read_series, write_series
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICLES = ROOT / "data" / "dem" / "v1" / "particles"
@@ -28,7 +28,7 @@ pytest.importorskip("tf2onnx")
 
 def tiny_series(src: Path, out: Path) -> Path:
     """A real DEM series voxelized on the tiny grid."""
-    from calbatch.voxelize import voxelize_spheres
+    from calbatch.electrode.voxelize import voxelize_spheres
 
     s = read_series(src, frames=False)
     box = tuple(float(b) for b in s["attrs"]["box_um"])
@@ -54,8 +54,8 @@ def series(series_dir) -> list[Path]:
 @pytest.fixture(scope="module")
 def trained(series, tmp_path_factory):
     """A calbatch model trained a few steps, and its ONNX export."""
-    from calbatch.export import export
-    from calbatch.train import load_trained, train
+    from calbatch.model.export import export
+    from calbatch.model.train import load_trained, train
 
     out = tmp_path_factory.mktemp("run")
     r = train(series, out / "run", config={"channels": 8, "layers_coarse": 2}, epochs=2, batch_size=2,
@@ -68,7 +68,7 @@ def trained(series, tmp_path_factory):
 @pytest.fixture(scope="module")
 def budget(series) -> dict:
     """The phase budget of the tiny series (the planned tops the windows' conditioning carries)."""
-    from calbatch.budget import fit_series_files
+    from calbatch.surrogate.budget import fit_series_files
 
     return fit_series_files(series, VS)
 
@@ -76,7 +76,7 @@ def budget(series) -> dict:
 # --- schedule -------------------------------------------------------------------------------------
 
 def test_schedule_matches_every_dem_series():
-    from calbatch.schedule import schedule_of_series
+    from calbatch.electrode.schedule import schedule_of_series
 
     files = sorted(PARTICLES.glob("*.h5"))
     assert len(files) == 28
@@ -90,7 +90,7 @@ def test_schedule_matches_every_dem_series():
 
 
 def test_schedule_refuses_bad_values():
-    from calbatch.schedule import press_schedule
+    from calbatch.electrode.schedule import press_schedule
 
     with pytest.raises(CalbatchError, match="cd"):
         press_schedule(95, 40.0)
@@ -101,8 +101,8 @@ def test_schedule_refuses_bad_values():
 # --- windows and split ----------------------------------------------------------------------------
 
 def test_windows_target_the_next_frame_and_pad_the_start(series, budget):
-    from calbatch.budget import planned_top
-    from calbatch.dataset import read_window, scan
+    from calbatch.model.dataset import read_window, scan
+    from calbatch.surrogate.budget import planned_top
 
     info = scan(series[:1], budget)[0]
     np.testing.assert_array_equal(info.top, planned_top(budget, info.sched, info.cd, info.h0))
@@ -119,7 +119,7 @@ def test_windows_target_the_next_frame_and_pad_the_start(series, budget):
 
 
 def test_stream_windows_stay_within_their_series(series, budget):
-    from calbatch.dataset import WindowStream, read_window, scan
+    from calbatch.model.dataset import WindowStream, read_window, scan
 
     infos = scan(series[:2], budget)
     stream = WindowStream(infos, horizon=1, crop=None, shuffle=False)
@@ -133,7 +133,7 @@ def test_stream_windows_stay_within_their_series(series, budget):
 
 
 def test_periodic_crop_wraps(series):
-    from calbatch.dataset import wrap_crop
+    from calbatch.model.dataset import wrap_crop
 
     a = np.arange(3 * 4 * 16 * 16).reshape(3, 4, 16, 16)
     (crop,) = wrap_crop([a], 12, 10, (8, 8))
@@ -141,7 +141,7 @@ def test_periodic_crop_wraps(series):
 
 
 def test_paper_split_has_no_leakage(series):
-    from calbatch.dataset import WindowStream, scan, split
+    from calbatch.model.dataset import WindowStream, scan, split
 
     infos = scan(series)
     parts = split(infos, val_fraction=0.3, seed=1)
@@ -154,7 +154,7 @@ def test_paper_split_has_no_leakage(series):
     stream = WindowStream(parts["train"], crop=(8, 8))
     assert {infos_i for infos_i, _ in stream.index} <= set(range(len(parts["train"])))
     # a configured split
-    from calbatch.dataset import parse_split
+    from calbatch.model.dataset import parse_split
 
     custom = split(infos, parse_split("3;1:20"), val_fraction=0)
     assert {Path(s.path).stem for s in custom["test"]} == {"ms3_cd25", "ms3_cd30", "ms1_cd20"}
@@ -162,7 +162,7 @@ def test_paper_split_has_no_leakage(series):
 
 
 def test_short_series_is_refused(tmp_path, series):
-    from calbatch.dataset import scan
+    from calbatch.model.dataset import scan
 
     s = read_series(series[0])
     for k in ("frames", "positions", "time_us", "press_z_um", "phase", "wall_time_s"):
@@ -176,8 +176,8 @@ def test_short_series_is_refused(tmp_path, series):
 # --- training and export --------------------------------------------------------------------------
 
 def _fixed_loss(model, infos):
-    from calbatch.dataset import read_window
-    from calbatch.train import _losses, _to_model
+    from calbatch.model.dataset import read_window
+    from calbatch.model.train import _losses, _to_model
 
     loss, _ = _losses("calbatch", 0.1)
     vals = []
@@ -191,10 +191,10 @@ def _fixed_loss(model, infos):
 def test_a_few_training_steps_lower_the_loss(series, budget, tmp_path):
     import keras
 
-    from calbatch.budget import fit_series_files
-    from calbatch.dataset import scan
-    from calbatch.model import build
-    from calbatch.train import load_trained, train
+    from calbatch.model.dataset import scan
+    from calbatch.model.networks import build
+    from calbatch.model.train import load_trained, train
+    from calbatch.surrogate.budget import fit_series_files
 
     infos = scan(series, budget)
     cfg = {"channels": 8, "layers_coarse": 2}
@@ -221,7 +221,7 @@ def test_export_matches_keras_and_carries_metadata(trained):
     import onnx
 
     from calbatch import __version__
-    from calbatch.export import export, load_onnx
+    from calbatch.model.export import export, load_onnx
 
     model = trained["model"]
     rng = np.random.default_rng(0)
@@ -247,7 +247,7 @@ def test_export_matches_keras_and_carries_metadata(trained):
 # --- rollout --------------------------------------------------------------------------------------
 
 def test_rollout_follows_the_dem_schedule_with_valid_codes(trained, series, tmp_path):
-    from calbatch.rollout import rollout_file
+    from calbatch.surrogate.rollout import rollout_file
 
     src = next(p for p in series if p.stem == "ms4_cd20")
     dem = read_series(src)
@@ -274,10 +274,10 @@ def test_known_void_starts_the_same_slices_above_the_press_in_training_and_rollo
     """Spheres overlap the press wall: material may sit WALL_OVERLAP_VOXELS slices above a height
     (the planned top in training, the press in a rollout without the budget rule); the training
     mask and the rollout's forced void agree on where the known void starts."""
-    from calbatch.dataset import conditioning
-    from calbatch.model import press_mask
-    from calbatch.rollout import void_from
-    from calbatch.schedule import WALL_OVERLAP_VOXELS
+    from calbatch.electrode.schedule import WALL_OVERLAP_VOXELS
+    from calbatch.model.dataset import conditioning
+    from calbatch.model.networks import press_mask
+    from calbatch.surrogate.rollout import void_from
 
     nz, vs, h0 = 40, 0.4, 14.0
     for press in (3.13, 5.0, 7.71, 9.9, 13.95):
@@ -291,8 +291,8 @@ def test_known_void_starts_the_same_slices_above_the_press_in_training_and_rollo
 
 def test_budget_follows_the_dem_series_it_was_fitted_on(series, budget):
     """The planned top and AM/CBD volumes of every frame against the DEM's own (tiny 1.9 um grid)."""
-    from calbatch.budget import frame_budget, predict, schedule_features
-    from calbatch.dataset import scan
+    from calbatch.model.dataset import scan
+    from calbatch.surrogate.budget import frame_budget, predict, schedule_features
 
     for info in scan(series):
         true = frame_budget(read_series(Path(info.path))["frames"])
@@ -301,16 +301,16 @@ def test_budget_follows_the_dem_series_it_was_fitted_on(series, budget):
         for k, tol in ((1, AM_TOLERANCE), (2, CBD_TOLERANCE)):
             assert np.abs(pred[:, k] * true[0, k] / true[:, k] - 1).max() < tol, (info.path, k)
     with pytest.raises(CalbatchError, match="no training series"):
-        from calbatch.budget import fit
+        from calbatch.surrogate.budget import fit
 
         fit([], VS)
 
 
 def test_budget_rule_gives_the_planned_counts_below_the_planned_top(trained, series):
-    from calbatch.budget import frame_budget, from_meta, plan
-    from calbatch.export import load_onnx
-    from calbatch.rollout import rollout
-    from calbatch.schedule import schedule_of_series
+    from calbatch.electrode.schedule import schedule_of_series
+    from calbatch.model.export import load_onnx
+    from calbatch.surrogate.budget import frame_budget, from_meta, plan
+    from calbatch.surrogate.rollout import rollout
 
     dem = read_series(next(p for p in series if p.stem == "ms4_cd20"))
     a = dem["attrs"]
@@ -328,7 +328,7 @@ def test_models_without_a_readable_budget_or_with_another_conditioning_are_refus
     import onnx
     from onnx import helper
 
-    from calbatch.rollout import rollout
+    from calbatch.surrogate.rollout import rollout
 
     vol = read_series(series[0])["frames"][0]
     for name, change, message in (("nobudget", {"phase_budget": None}, "no phase budget"),
@@ -345,7 +345,7 @@ def test_models_without_a_readable_budget_or_with_another_conditioning_are_refus
 
 
 def test_conserve_rule_keeps_phase_volumes():
-    from calbatch.rules import decide
+    from calbatch.surrogate.rules import decide
 
     rng = np.random.default_rng(3)
     prev = rng.choice(np.array([0, 1, 2], np.uint8), size=(12, 8, 8), p=[0.4, 0.1, 0.5])
@@ -360,7 +360,7 @@ def test_conserve_rule_keeps_phase_volumes():
 
 
 def test_cd_outside_trained_range_warns_and_flags(trained, series, tmp_path):
-    from calbatch.rollout import ExtrapolationWarning, rollout
+    from calbatch.surrogate.rollout import ExtrapolationWarning, rollout
 
     dem = read_series(next(p for p in series if p.stem == "ms4_cd20"))
     with pytest.warns(ExtrapolationWarning, match="CD 45"):
@@ -372,7 +372,7 @@ def test_bad_models_and_grids_are_refused(trained, series, tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from calbatch.rollout import rollout
+    from calbatch.surrogate.rollout import rollout
 
     vol = read_series(series[0])["frames"][0]
     corrupt = tmp_path / "corrupt.onnx"
@@ -412,9 +412,9 @@ def test_cli_rollout_and_export(trained, series, tmp_path, capsys):
 
 
 def test_paper_model_trains_exports_and_takes_only_its_grid(series, tmp_path):
-    from calbatch.export import export
-    from calbatch.rollout import rollout
-    from calbatch.train import load_trained, train
+    from calbatch.model.export import export
+    from calbatch.model.train import load_trained, train
+    from calbatch.surrogate.rollout import rollout
 
     r = train(series, tmp_path / "paper", kind="paper", config={"filters": 4, "dense": 8}, epochs=1, batch_size=2,
               horizon=1, max_windows=4, max_val_windows=2, progress=False)

@@ -69,8 +69,8 @@ def persistence_onnx(path, voxel_size=VS, cd_range=(20, 50), grid=(24, 16, 16), 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The model, and electrode 1's real pack voxelized coarsely (a .npy volume)."""
-    from calbatch.series import read_pack
-    from calbatch.voxelize import voxelize_spheres
+    from calbatch.electrode.series import read_pack
+    from calbatch.electrode.voxelize import voxelize_spheres
 
     d = tmp_path_factory.mktemp("optimize")
     p = read_pack(PACK)
@@ -95,7 +95,7 @@ def fine(predictor, tiny):
 
 
 def electrode(tiny):
-    from calbatch.optimize import load_electrode
+    from calbatch.optimize.search import load_electrode
 
     return load_electrode(str(tiny["volume"]))
 
@@ -119,7 +119,7 @@ def test_the_curve_is_a_monotone_step_function(fine):
 
 @pytest.mark.parametrize("goal", [0.27, 0.22, 0.15, 0.05])
 def test_porosity_target_is_found_within_the_step_that_crosses_it(predictor, tiny, fine, goal):
-    from calbatch.optimize import Target, optimize
+    from calbatch.optimize.search import Target, optimize
 
     r = optimize(electrode(tiny), Target("porosity", goal), predictor, grid=5, xtol=0.05)
     cds, por = fine
@@ -208,7 +208,7 @@ def test_bad_flags_and_config_are_one_line(capsys, tiny):
 
 
 def test_optimizer_refuses_bad_values_in_the_api(predictor, tiny):
-    from calbatch.optimize import Target, optimize
+    from calbatch.optimize.search import Target, optimize
 
     for kind, value in (("porosity", 0.0), ("porosity", 1.0), ("volume", 0.3), ("tau", float("nan"))):
         with pytest.raises(CalbatchError):
@@ -219,7 +219,7 @@ def test_optimizer_refuses_bad_values_in_the_api(predictor, tiny):
 
 @pytest.mark.mpi
 def test_tau_target_and_lowest_tau_at_a_porosity_bound(predictor, tiny, fine):
-    from calbatch.optimize import Target, optimize
+    from calbatch.optimize.search import Target, optimize
 
     vol = np.load(tiny["volume"])
     cds = np.arange(20, 32.51, 1.25)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calbatch.errors import CalbatchError
-from calbatch.rules import CLASS_CODES, decide, lift_particles, move_particles, solid_top, void_rule
+from calbatch.surrogate.rules import CLASS_CODES, decide, lift_particles, move_particles, solid_top, void_rule
 
 NZ, NY, NX = 30, 12, 12
 
@@ -73,7 +73,7 @@ def test_release_lift_moves_particles_apart_without_stretching_them():
 
 
 def test_touching_spheres_part_into_particles_and_thin_ones_stay_whole():
-    from calbatch.rules import particle_labels
+    from calbatch.surrogate.rules import particle_labels
 
     mask = spheres([(10, 6, 3), (10, 6, 9)], radius=3.1) == 2  # two balls sharing a neck
     mask |= spheres([(22, 3, 9)], radius=1.0) == 2  # a ball too thin to survive the erosion

@@ -138,8 +138,8 @@ keep: {{final_volumes: true}}
 
 @pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "argmax", "expected"])
 def test_predictor_equals_rollout_bit_for_bit(models, rule):
-    from calbatch.rollout import ExtrapolationWarning, rollout
     from calbatch.screen import Predictor
+    from calbatch.surrogate.rollout import ExtrapolationWarning, rollout
 
     vol = random_volume((24, 16, 16), seed=3)
     p = Predictor(models["tiny"], rule=rule)
@@ -186,10 +186,10 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
     """An (untrained) calbatch network exported through Keras, as the shipped model will be."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
-    from calbatch.export import export
-    from calbatch.model import build
-    from calbatch.rollout import rollout
+    from calbatch.model.export import export
+    from calbatch.model.networks import build
     from calbatch.screen import Predictor
+    from calbatch.surrogate.rollout import rollout
 
     config = {"channels": 4, "layers_coarse": 1}
     run = {"kind": "calbatch", "config": config, "grid_zyx": [24, 16, 16], "voxel_size_um": VS, "cd_range": [20, 50],
@@ -201,7 +201,7 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
 
 
 def test_predict_one_and_many_without_reload(models, monkeypatch):
-    import calbatch.screen.predictor as mod
+    import calbatch.surrogate.predictor as mod
     from calbatch.screen import Predictor
 
     p = Predictor(models["tiny"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from calbatch.dem.calender import voxel_frames
-from calbatch.series import read_pack, read_series, write_series
+from calbatch.electrode.series import read_pack, read_series, write_series
 
 V1 = Path(__file__).resolve().parents[1] / "data/dem/v1"
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from calbatch.cli.output import to_json
+from calbatch.electrode.volume import AM, CBD, PORE, VOID
 from calbatch.errors import CalbatchError
 from calbatch.transport import FickSolver, percolating_mask, solve_batch, tortuosity
-from calbatch.volume import AM, CBD, PORE, VOID
 from conftest import BASE_ENV, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.mpi  # PETSc solves throughout
@@ -231,8 +231,8 @@ def test_agrees_with_taufactor_on_the_example_electrode():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # its 2-thread sweeps crawl when the other core is busy
     from calbatch.data import example_volume_path
+    from calbatch.electrode.volume import read_volume
     from calbatch.transport import electrode_thickness
-    from calbatch.volume import read_volume
 
     volume = read_volume(example_volume_path())
     region = volume[: electrode_thickness(volume)]

@@ -10,7 +10,7 @@ import tifffile
 import calbatch
 from calbatch import CalbatchError, read_volume, write_volume
 from calbatch.data import example_volume_path
-from calbatch.metrics import measure
+from calbatch.electrode.metrics import measure
 from conftest import assert_one_line_error, random_volume, run_cli
 
 
@@ -131,7 +131,7 @@ def test_porosity_both_ways_and_cbd_measures(volume):
 
 
 def test_cbd_distribution_over_height():
-    from calbatch.metrics import cbd_distribution
+    from calbatch.electrode.metrics import cbd_distribution
 
     vol = np.zeros((10, 4, 4), np.uint8)
     vol[:5] = 2

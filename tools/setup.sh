@@ -19,7 +19,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-pip_quiet() { "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
+# Every PyPI install is held to the versions the results were made with (tools/constraints.txt).
+constraints="$PWD/tools/constraints.txt"
+pip_quiet() { "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -c "$constraints" "$@"; }
 
 # 2. Build tools and the Python scientific stack (wheels from PyPI).
 if ! "$PY" -c "import scikit_build_core, pybind11, numpy" 2>/dev/null; then
@@ -44,7 +46,7 @@ if ! "$PY" -c "import mpi4py, petsc4py" 2>/dev/null; then
   "$PY" -m venv "$build/venv"
   "$build/venv/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel "numpy==$numpy_version"
   PETSC_DIR=/usr/lib/petsc "$build/venv/bin/python" -m pip wheel -q --disable-pip-version-check \
-    --no-build-isolation --no-deps -w "$build/wheels" mpi4py "petsc4py==3.18.5"
+    --no-build-isolation --no-deps -w "$build/wheels" -c "$constraints" mpi4py petsc4py
   pip_quiet --no-deps "$build"/wheels/*.whl
 fi
 

@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "`bash tools/setup.sh` (or `pip install --no-build-isolation -e .`)."
     ) from exc
 
+from .electrode.volume import PHASES, read_volume, write_volume
 from .errors import CalbatchError
-from .volume import PHASES, read_volume, write_volume
 
 __all__ = ["CalbatchError", "PHASES", "read_volume", "write_volume", "__version__"]

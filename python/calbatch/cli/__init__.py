@@ -17,8 +17,8 @@ import os
 import sys
 
 from .. import __version__
+from ..common.mpi import is_root
 from ..errors import CalbatchError
-from ..mpi import is_root
 
 # Command-group modules, in the order --help lists them.
 COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model", "screen", "bench", "optimize")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..series import atomic_text
+from ..electrode.series import atomic_text
 from .output import count, finite, print_result, stdout_to_stderr, to_json
 
 
@@ -69,7 +69,7 @@ def format_report(r: dict) -> str:
 
 
 def _dl_vs_dem(args) -> None:
-    from ..bench import dem_settings, dl_vs_dem
+    from ..evaluate.bench import dem_settings, dl_vs_dem
 
     check_json_out(args.out)
     settings = dem_settings(None if args.dataset == "none" else Path(args.dataset), speed=args.speed,
@@ -86,7 +86,7 @@ def _dl_vs_dem(args) -> None:
 
 
 def add_cli(subparsers) -> None:
-    from ..bench import DEFAULT_DATASET
+    from ..evaluate.bench import DEFAULT_DATASET
 
     p = subparsers.add_parser("bench", help="benchmarks of calbatch against the DEM (dl-vs-dem)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="VERB", parser_class=type(p))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import dem
 from ..dem.settings import CBD_DIAMETER_UM, DEFAULT_AM_PARTICLES, DEFAULT_CDS, DEFAULT_MASS_RATIO, DEFAULT_SPEED
-from ..volume import DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
+from ..electrode.volume import DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
 from .output import count, finite, print_result, stdout_to_stderr
 
 

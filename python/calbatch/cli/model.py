@@ -53,8 +53,8 @@ def _crop(text: str):
 
 def _train(args) -> None:
     _quiet_tensorflow()
-    from ..dataset import parse_split
-    from ..train import train
+    from ..model.dataset import parse_split
+    from ..model.train import train
 
     if args.model == "calbatch":
         config = {"channels": args.channels, "layers_coarse": args.layers, "factor": args.factor,
@@ -76,8 +76,8 @@ def _train(args) -> None:
 
 def _export(args) -> None:
     _quiet_tensorflow()
-    from ..export import export
-    from ..train import load_trained
+    from ..model.export import export
+    from ..model.train import load_trained
 
     model, run = load_trained(Path(args.run_dir), args.weights)
     r = export(model, run, Path(args.out), opset=args.opset, check_grid=args.check_grid)
@@ -89,7 +89,7 @@ def _export(args) -> None:
 
 
 def _rollout(args) -> None:
-    from ..rollout import rollout_file
+    from ..surrogate.rollout import rollout_file
 
     r = rollout_file(Path(args.model), Path(args.start), args.cd, Path(args.out), args.start_frames, args.decision,
                      args.voxel_size, args.threads)
@@ -139,8 +139,8 @@ def _evaluate_table(r: dict) -> str:
 def _evaluate(args) -> None:
     import warnings
 
-    from ..evaluate import evaluate
-    from ..rollout import ExtrapolationWarning
+    from ..evaluate.run import evaluate
+    from ..surrogate.rollout import ExtrapolationWarning
     from .output import to_json
 
     with warnings.catch_warnings(record=True) as caught:
@@ -151,7 +151,7 @@ def _evaluate(args) -> None:
     for w in caught:
         sys.stderr.write(f"calbatch evaluate: warning: {w.message}\n")
     if args.out:
-        from ..series import atomic_text
+        from ..electrode.series import atomic_text
 
         atomic_text(Path(args.out) / "evaluation.json", to_json(r))
     print_result(r, args.json, _evaluate_table(r))
@@ -159,8 +159,8 @@ def _evaluate(args) -> None:
 
 def _tune(args) -> None:
     _quiet_tensorflow()
-    from ..dataset import parse_split
-    from ..tune import tune
+    from ..model.dataset import parse_split
+    from ..model.tune import tune
 
     r = tune([Path(s) for s in args.series], Path(args.out), kind=args.model, trials=args.trials, epochs=args.epochs,
              max_windows=args.max_windows, max_val_windows=args.max_val_windows, crop=args.crop,
@@ -190,7 +190,7 @@ def _training_parser(subparsers, name: str, help: str, out_help: str):
 
 
 def add_cli(subparsers) -> None:
-    from ..rules import DEFAULT_RULE, RULES
+    from ..surrogate.rules import DEFAULT_RULE, RULES
 
     p = _training_parser(subparsers, "train", "train a frame model on DEM series (checkpoints, resume, early stop)",
                          "run folder (checkpoints, run.json, state.json)")

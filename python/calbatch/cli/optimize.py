@@ -15,8 +15,8 @@ DEFAULTS = {"electrode": None, "model": None, "cd_range": None, "grid": 5, "xtol
 def _settings(args) -> dict:
     """The config file's values (if any), overridden by the flags given; the target checked."""
     from ..errors import CalbatchError
-    from ..optimize import Target
-    from ..optimize_config import load_config
+    from ..optimize.config import load_config
+    from ..optimize.search import Target
 
     s = dict(DEFAULTS, target=None)
     if args.config:
@@ -68,11 +68,11 @@ def _table(r: dict) -> str:
 def _optimize(args) -> None:
     import time
 
-    from ..bench import dem_settings
+    from ..electrode.series import atomic_text
     from ..errors import CalbatchError
-    from ..optimize import check_with_dem, load_electrode, optimize, plot_curve
+    from ..evaluate.bench import dem_settings
+    from ..optimize.search import check_with_dem, load_electrode, optimize, plot_curve
     from ..screen import Predictor
-    from ..series import atomic_text
     from .bench import check_json_out
 
     s = _settings(args)
@@ -103,7 +103,7 @@ def _optimize(args) -> None:
 
 
 def add_cli(subparsers) -> None:
-    from ..bench import DEFAULT_DATASET
+    from ..evaluate.bench import DEFAULT_DATASET
 
     p = subparsers.add_parser("optimize", help="the CD that gives an electrode a target porosity or tortuosity")
     p.add_argument("electrode", nargs="?", default=None,

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ..mpi import is_root
+from ..common.mpi import is_root
 
 
 def strict(value, path: str = "", replaced: list | None = None):

@@ -39,7 +39,7 @@ def _screen(args) -> None:
 
 
 def add_cli(subparsers) -> None:
-    from ..engine import BACKENDS
+    from ..surrogate import BACKENDS
 
     p = subparsers.add_parser(
         "screen", help="predict and measure every electrode x CD case of a YAML cases file (mpirun -n N; resumable)")

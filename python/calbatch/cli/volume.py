@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..volume import DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
+from ..electrode.volume import DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
 from .output import finite, print_result
 
 
 def _metrics(args) -> None:
-    from ..metrics import format_table, measure
-    from ..volume import read_volume
+    from ..electrode.metrics import format_table, measure
+    from ..electrode.volume import read_volume
 
     volume = read_volume(args.volume)
     result = {"volume": args.volume, **measure(volume, args.voxel_size, args.nanoporosity)}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.schedule import press_schedule
+from ..electrode.series import FORMULATION_ATTRS, read_pack, read_series, write_series
+from ..electrode.volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM
+from ..electrode.voxelize import grid_shape, voxelize_spheres
 from ..errors import CalbatchError
-from ..schedule import press_schedule
-from ..series import FORMULATION_ATTRS, read_pack, read_series, write_series
-from ..volume import AM, CBD, DEFAULT_VOXEL_SIZE_UM
-from ..voxelize import grid_shape, voxelize_spheres
 from .runner import liggghts_number, liggghts_script, liggghts_version, read_dump, run_liggghts, timestep, write_data_file
 from .settings import AM_DENSITY, CONTACT_MODEL, DEFAULT_SPEED
 
@@ -117,7 +117,7 @@ def calender(pack_file: Path, cd: float, out: Path, speed: float = DEFAULT_SPEED
 
 def summarize(series: dict, name: str) -> dict:
     """Porosity and thickness before/after, spring-back and cost of one series."""
-    from ..metrics import measure
+    from ..electrode.metrics import measure
 
     a = series["attrs"]
     vs = float(a["voxel_size_um"])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.series import atomic_text, read_series
+from ..electrode.volume import DEFAULT_VOXEL_SIZE_UM
 from ..errors import CalbatchError
-from ..series import atomic_text, read_series
-from ..volume import DEFAULT_VOXEL_SIZE_UM
 from .calender import calender, revoxelize, summarize, voxel_frames
 from .pack import pack
 from .runner import liggghts_command

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.metrics import cbd_distribution, measure
+from ..electrode.series import write_pack
+from ..electrode.volume import AM, CBD, DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
+from ..electrode.voxelize import grid_shape, voxelize_spheres
 from ..errors import CalbatchError
-from ..metrics import cbd_distribution, measure
-from ..series import write_pack
-from ..volume import AM, CBD, DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
-from ..voxelize import grid_shape, voxelize_spheres
-from .runner import liggghts_script, liggghts_version, read_data_file, run_liggghts, timestep, write_data_file
+from .runner import (
+    liggghts_number,
+    liggghts_script,
+    liggghts_version,
+    read_data_file,
+    run_liggghts,
+    timestep,
+    write_data_file,
+)
 from .settings import (
     AM_COUNTS,
     AM_DENSITY,
@@ -107,15 +115,20 @@ def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAU
     run_dir = out.with_suffix(".liggghts")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_data_file(run_dir / "particles.data", centers, radii, phases, (box_xy, box_xy), height, densities)
-    fall, quench = (int(round(PACK[k] / dt)) for k in ("fall_us", "quench_us"))
+    fall, quench, chunk = (int(round(PACK[k] / dt)) for k in ("fall_us", "quench_us", "settle_chunk_us"))
+    chunks = int(np.ceil((PACK["max_fall_us"] - PACK["fall_us"]) / PACK["settle_chunk_us"]))
     settling = {**contact, "friction": PACK["friction"], "cohesion_energy_density_kj_m3":
                 np.asarray(contact["cohesion_energy_density_kj_m3"]) * PACK["cohesion_factor"]}
     script = liggghts_script("pack", dt, settling, skin=0.25 * 2 * radii.min(), gravity=PACK["gravity_um_us2"],
                      thermo_every=max(1, (fall + quench) // 20), fall_steps=fall, quench_steps=quench,
-                     quench_damping=PACK["quench_damping"])
+                     quench_damping=PACK["quench_damping"], settle_speed=liggghts_number(PACK["settle_speed_um_us"]),
+                     chunk_steps=chunk, settle_chunks=max(chunks, 1))
     start = time.perf_counter()
-    run_liggghts(run_dir, script, nprocs)
+    log = run_liggghts(run_dir, script, nprocs)
     wall = time.perf_counter() - start
+    if "calbatch settled: 0" not in log.read_text(errors="replace"):
+        raise CalbatchError(f"the bed did not settle within {PACK['max_fall_us']:g} us (a particle still moves "
+                            f"faster than {PACK['settle_speed_um_us']:g} um/us); see {log}")
     positions, radii, phases = read_data_file(run_dir / "packed.data")
     top = float(np.max(positions[:, 2] + radii))
     shape = grid_shape((box_xy, box_xy), voxel_size, nz, top, 2 * radii.max())

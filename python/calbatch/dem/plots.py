@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..series import read_series
+from ..electrode.series import read_series
 from .calender import voxel_frames
 
 
@@ -17,7 +17,7 @@ def plot(series_path: Path, out_dir: Path, slices: int = 4) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..metrics import measure
+    from ..electrode.metrics import measure
 
     series = read_series(Path(series_path))
     if "frames" not in series:  # a particle file: its voxels on the series' own grid

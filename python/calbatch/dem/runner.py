@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.volume import AM, CBD
 from ..errors import CalbatchError
-from ..volume import AM, CBD
 from .settings import DT_PER_UM, LIGGGHTS_TYPE
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

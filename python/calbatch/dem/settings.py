@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..electrode.volume import AM, CBD, DEFAULT_NANOPOROSITY
 from ..errors import CalbatchError
-from ..volume import AM, CBD, DEFAULT_NANOPOROSITY
 
 # NMC111 diameters (um) and counts of Ngandjong et al. 2021; calbatch draws the AM particles in these
 # proportions. 140 of them with their 96:4 CBD settle in the 30.4 x 30.4 um box to about 45 um.
@@ -75,11 +75,14 @@ DT_PER_UM = 2.5e-4  # time step in us per um of the smallest diameter (halving i
 # Settling: an artificial gravity (the drying stand-in) over a fall long enough for the whole bed,
 # then viscous quenching; lower friction and cohesion (the binder still wet) while settling set the
 # uncalendered porosity: cohesion x 1 / 0.45 / 0.3 / 0.2 gave 0.55 / 0.44 / 0.43 / 0.40 (seed 1).
+# The fall lasts fall_us at least, then goes on in chunks until no particle moves faster than
+# settle_speed (a tall or tiny bed takes longer to come down), up to max_fall_us.
 PACK = {"box_height_factor": 3.3, "gravity_um_us2": 0.02, "fall_us": 150.0, "quench_us": 50.0,
-        "quench_damping": 50.0, "friction": 0.1, "cohesion_factor": 0.45}
+        "quench_damping": 50.0, "friction": 0.1, "cohesion_factor": 0.45,
+        "settle_speed_um_us": 0.05, "settle_chunk_us": 10.0, "max_fall_us": 600.0}
 DEFAULT_SPEED = 0.05  # press speed in m/s (= um/us); 0.1 left 1.2 % more thickness (docs/dem.md)
 # The press schedule (release by 0.6 x the travel at twice the speed, two relaxation frames, one
-# frame per 1 um of travel) is calbatch.schedule's, shared with the model's rollouts.
+# frame per 1 um of travel) is calbatch.electrode.schedule's, shared with the model's rollouts.
 
 DEFAULT_CDS = (20, 25, 30, 35, 40, 45, 50)  # the paper's grid
 RANDOM_CD_RANGE = (20.0, 50.0)  # where the dataset's further electrodes draw their CDs

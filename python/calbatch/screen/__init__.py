@@ -7,8 +7,8 @@
 - :func:`load`: a cases file, checked (see :mod:`calbatch.screen.config` for its keys).
 """
 
+from ..surrogate.predictor import Predictor, shipped_model
 from .config import Case, Screen, load
-from .predictor import Predictor, shipped_model
 from .run import run_screen
 
 __all__ = ["Case", "Predictor", "Screen", "load", "run_screen", "shipped_model"]

@@ -13,7 +13,7 @@ decision: particles                # particles | budget | conserve | expected | 
 voxel_size: 0.4                    # um; default: the model's
 batch_size: 1                      # cases sharing one network call
 threads: 0                         # ONNX Runtime threads per rank; 0: its default
-backend: cpu                       # cpu | ort-cuda | ort-tensorrt | tensorrt (calbatch.engine.backends)
+backend: cpu                       # cpu | ort-cuda | ort-tensorrt | tensorrt (calbatch.surrogate.backends.ort)
 ```
 
 Relative paths are taken from the cases file's folder. Cases are electrodes x CDs, with stable ids
@@ -31,8 +31,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError
 
+from ..common.yamlconfig import check_tree, read_yaml, validation_error, walk, where
 from ..errors import CalbatchError
-from ..yamlconfig import check_tree, read_yaml, validation_error, walk, where
 
 MAX_CASES = 1_000_000
 Number = Annotated[float, Strict()]  # 20 or 20.5; not "20", not true
@@ -89,7 +89,7 @@ class CasesFile(_Strict):
     voxel_size: Annotated[Number, Field(gt=0)] | None = None
     batch_size: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     threads: Annotated[int, Strict(), Field(ge=0, le=1024)] = 0
-    backend: Literal["cpu", "ort-cuda", "ort-tensorrt", "tensorrt"] = "cpu"  # calbatch.engine.BACKENDS
+    backend: Literal["cpu", "ort-cuda", "ort-tensorrt", "tensorrt"] = "cpu"  # calbatch.surrogate.BACKENDS
 
 
 # keys allowed in each mapping, by the path of that mapping (ints as the item marker)
@@ -175,7 +175,7 @@ def expand_cds(config: CasesFile, path: Path, root) -> list[float]:
 
 
 def _resolve(spec: str, base: Path) -> tuple[str, str | None]:
-    from ..volume import split_h5_path
+    from ..electrode.volume import split_h5_path
 
     file, inner = split_h5_path(spec)
     file = os.path.expanduser(file)
@@ -225,7 +225,7 @@ def case_id(electrode: str, cd: float) -> str:
 
 def load(path: str | os.PathLike, model: str | os.PathLike | None = None) -> Screen:
     """Read and check a cases file; ``model`` (the command line's --model) overrides its model."""
-    from .predictor import shipped_model
+    from ..surrogate.predictor import shipped_model
 
     path = Path(path)
     config, root = parse(path)

@@ -8,8 +8,8 @@ import json
 import math
 from pathlib import Path
 
-from ..metrics import CONTACT_PAIRS
-from ..series import atomic_text
+from ..electrode.metrics import CONTACT_PAIRS
+from ..electrode.series import atomic_text
 
 _CONTACTS = [f"contact_{name}_um2" for name in CONTACT_PAIRS]
 COLUMNS = (["case_id", "index", "electrode", "electrode_file", "cd_percent", "status", "error", "flags",
@@ -26,7 +26,7 @@ RUN_COLUMNS = ("seconds_per_step", "time_read_s", "time_rollout_s", "time_metric
 
 
 def flat_metrics(prefix_before: bool, m: dict) -> dict:
-    """The CSV columns of :func:`calbatch.metrics.measure`'s result."""
+    """The CSV columns of :func:`calbatch.electrode.metrics.measure`'s result."""
     if prefix_before:
         return {"porosity_before": m["porosity"], "thickness_before_um": m["thickness_um"]}
     row = {k: m[k] for k in ("porosity", "porosity_all", "thickness_um", "cbd_share_of_solid", "am_surface_on_cbd")}

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.mpi import CaseError, agree, run_guarded, split_groups
+from ..electrode.series import atomic_text
 from ..errors import CalbatchError
-from ..mpi import CaseError, agree, run_guarded, split_groups
-from ..series import atomic_text
 from . import report
 from .config import Case, Screen, load
 
@@ -123,8 +123,8 @@ def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int
             backend: str | None = None):
     """Check the cases file, the model and every electrode; check the output folder. Returns the
     :class:`Screen`, the output folder and a :class:`~calbatch.screen.Predictor`."""
-    from ..volume import read_volume
-    from .predictor import Predictor
+    from ..electrode.volume import read_volume
+    from ..surrogate.predictor import Predictor
 
     screen = load(cases_file, model)
     c = screen.config
@@ -201,7 +201,7 @@ class _Worker:
         self.keep = screen.config.keep
 
     def _read(self, spec: str) -> np.ndarray:
-        from ..volume import read_volume
+        from ..electrode.volume import read_volume
 
         if spec not in self._volumes:
             if len(self._volumes) >= 4:
@@ -211,7 +211,7 @@ class _Worker:
 
     def _rollouts(self, cases: list[Case]) -> list:
         """(series or CaseError, timings) per case; one batched loop for the cases that started."""
-        from ..metrics import measure
+        from ..electrode.metrics import measure
 
         started, out = [], []
         for case in cases:
@@ -282,7 +282,7 @@ class _Worker:
             self.writer.write(record)
 
     def _record(self, case: Case, series: dict, before: dict, timings: dict) -> dict:
-        from ..metrics import measure
+        from ..electrode.metrics import measure
 
         t = time.perf_counter()
         m = measure(series["frames"][-1], self.p.voxel_size)
@@ -312,7 +312,7 @@ class _Worker:
             os.replace(tmp, path)
             files["final_volume"] = str(path)
         if self.keep.series:
-            from ..series import write_series
+            from ..electrode.series import write_series
 
             path = self.out / "series" / f"{name}.h5"
             s = dict(series)
@@ -366,7 +366,7 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
         if rank == 0:
             predictor = setup[2]
         elif leader and mine:
-            from .predictor import Predictor
+            from ..surrogate.predictor import Predictor
 
             c = screen.config
             predictor = Predictor(screen.model, rule=c.decision, voxel_size=c.voxel_size,

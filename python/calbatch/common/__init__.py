@@ -1,0 +1,1 @@
+"""What every stage shares: MPI helpers, YAML configuration, atomic file writes."""

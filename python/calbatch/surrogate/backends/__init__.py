@@ -1,0 +1,1 @@
+"""Where the network runs: ONNX Runtime on the CPU (the default) or an NVIDIA GPU, or TensorRT."""

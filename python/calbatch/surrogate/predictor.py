@@ -1,0 +1,147 @@
+"""Load a calbatch model once, then roll out and measure any number of (structure, CD) cases with
+no reload and no file I/O per call: the Python API for optimisation loops, and the screen's worker.
+
+The rollouts run on :class:`calbatch.surrogate.Engine` (the C++ core steps the whole batch in place),
+whose frames equal :func:`calbatch.surrogate.rollout.rollout`'s plain Python loop bit for bit at batch size
+1 (tests/test_engine.py and tests/test_screen.py hold it to that). Several cases on one grid can
+share each network call (``batch_size``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data import shipped_model_path
+from ..electrode.volume import validate
+from ..errors import CalbatchError
+from ..model.export import load_onnx
+from . import Case, Engine
+from .rollout import check_input, electrode_top
+from .rules import DEFAULT_RULE
+
+
+def shipped_model(option: str = "the model argument") -> Path:
+    """The shipped model's path, or a one-line error naming ``option`` when there is none yet."""
+    path = shipped_model_path()
+    if not path.is_file():
+        raise CalbatchError(f"no shipped model yet ({path} is missing): give a model file with {option}")
+    return path
+
+
+class Predictor:
+    """A calbatch ONNX model held open (metadata checked once), with :meth:`rollout` (a series, as
+    :func:`calbatch.surrogate.rollout.rollout`) and :meth:`predict` (final structure, metrics, optionally the
+    series and the Fick solve) for one or many cases.
+
+    ``model``: the ONNX file (default: the shipped model); ``rule``: the decision rule
+    (:data:`calbatch.surrogate.rules.RULES`); ``voxel_size``: um (default: the model's); ``threads``:
+    ONNX Runtime intra-op threads; ``batch_size``: cases on one grid sharing a network call
+    (1 = the reference's exact calls); ``backend``: where the network runs
+    (:data:`calbatch.surrogate.BACKENDS`; ``cpu``, the default, is ONNX Runtime on the CPU).
+    """
+
+    def __init__(self, model: str | Path | None = None, rule: str = DEFAULT_RULE, voxel_size: float | None = None,
+                 threads: int | None = None, batch_size: int = 1, backend: str = "cpu"):
+        self.model_path = Path(model) if model is not None else shipped_model("Predictor(model=...)")
+        self.engine = Engine(self.model_path, backend=backend, rule=rule, voxel_size=voxel_size, threads=threads,
+                             batch_size=batch_size, opened=load_onnx(self.model_path, threads))
+        e = self.engine
+        self.session, self.meta, self.rule, self.batch_size = e.session, e.meta, e.rule, e.batch_size
+        self.model_voxel_size, self.voxel_size, self.cd_range = e.model_voxel_size, e.voxel_size, e.cd_range
+        self.speed, self.frame_interval_us, self.dt = e.speed, e.frame_interval_us, e.dt
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def extrapolated(self, cd: float) -> bool:
+        """True when ``cd`` lies outside the CD range the model was trained on."""
+        return self.engine.extrapolated(cd)
+
+    def check(self, volume: np.ndarray, source: str = "start") -> tuple[np.ndarray, float]:
+        """The validated volume and its top h0, or a one-line error (bad codes, grid, voxel size)."""
+        volume = validate(volume, source)
+        h0 = electrode_top(volume, self.voxel_size, source)
+        check_input(self.meta, self.model_path, volume.shape, self.voxel_size, h0)
+        return volume, h0
+
+    # --- the rollout loop (the screen's worker calls these three) -------------------------------
+
+    def _start(self, start: np.ndarray, cd: float, h0: float | None, series: bool = True) -> Case:
+        return self.engine.start(start, cd, h0, series)
+
+    def _run(self, cases: list[Case]) -> None:
+        """Step every case to its end, ``batch_size`` cases of one grid per network call."""
+        self.engine.run(cases)
+
+    def _series(self, case: Case) -> dict:
+        return self.engine.series(case, source="calbatch screen")
+
+    def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:
+        """Series dicts (:func:`calbatch.surrogate.rollout.rollout`'s keys) of many cases, batched."""
+        return [self._series(c) for c in self.engine.rollouts(starts, cds, h0s)]
+
+    def rollout(self, start: np.ndarray, cd: float, h0: float | None = None) -> dict:
+        """One case's series (``start``: one volume or its first three frames), as ``rollout()``."""
+        return self.rollouts([start], [cd], [h0])[0]
+
+    # --- predict: rollout + metrics (+ Fick) --------------------------------------------------
+
+    def predict(self, structures, cds, series: bool = False, metrics: bool = True, fick: bool | dict = False,
+                comm=None):
+        """Roll out and measure: ``structures`` one volume (nz, ny, nx) or a sequence of them,
+        ``cds`` one CD (%) or a sequence (one value is used for every structure, one structure for
+        every value). Returns one result dict for one structure and one CD, else a list of them.
+
+        Each result: ``cd_percent``, ``cd_extrapolated``, ``final`` (uint8 volume), ``metrics``
+        (:func:`calbatch.electrode.metrics.measure` of the final structure), ``fick``
+        (:class:`calbatch.transport.TransportResult` as a dict, when ``fick`` is true or a dict of
+        :class:`~calbatch.transport.FickSolver` options; solved on ``comm``, default this process
+        alone), ``series`` (when asked), ``timings_s``. Nothing is read from or written to disk.
+        """
+        one_structure = isinstance(structures, np.ndarray) and structures.ndim == 3
+        one_cd = np.ndim(cds) == 0
+        vols = [structures] if one_structure else list(structures)
+        values = [float(cds)] if one_cd else [float(c) for c in cds]
+        if len(vols) == 1 and len(values) > 1:
+            vols = vols * len(values)
+        elif len(values) == 1 and len(vols) > 1:
+            values = values * len(vols)
+        if len(vols) != len(values):
+            raise CalbatchError(f"predict: {len(vols)} structures but {len(values)} CDs (give one, or as many)")
+        t0 = time.perf_counter()
+        cases = self.engine.rollouts(vols, values, series=series)  # without the series: a ring of 3 frames
+        t_roll = (time.perf_counter() - t0) / max(len(cases), 1)
+        results = []
+        for cd, case in zip(values, cases):
+            final = case.final if series else case.final.copy()  # a copy: the ring's other frames need not live on
+            r = {"cd_percent": cd, "cd_extrapolated": case.extrapolated, "final": final, "timings_s": {"rollout": t_roll}}
+            r.update(self.measure(final, metrics, fick, comm, r["timings_s"]))
+            if series:
+                r["series"] = self._series(case)
+            results.append(r)
+        return results[0] if one_structure and one_cd else results
+
+    def measure(self, volume: np.ndarray, metrics: bool = True, fick: bool | dict = False, comm=None,
+                timings: dict | None = None) -> dict:
+        """``metrics`` and ``fick`` of one volume (see :meth:`predict`), timing each into ``timings``."""
+        from ..electrode.metrics import measure
+
+        timings = {} if timings is None else timings
+        out: dict = {}
+        if metrics:
+            t0 = time.perf_counter()
+            out["metrics"] = measure(volume, self.voxel_size)
+            timings["metrics"] = time.perf_counter() - t0
+        if fick:
+            from mpi4py import MPI
+
+            from ..transport import FickSolver
+
+            t0 = time.perf_counter()
+            options = fick if isinstance(fick, dict) else {}
+            out["fick"] = FickSolver(volume, comm=MPI.COMM_SELF if comm is None else comm, **options).solve().to_dict()
+            timings["fick"] = time.perf_counter() - t0
+        return out
