@@ -45,37 +45,37 @@ if MPI.COMM_WORLD.Get_rank() == 0:
 """
 
 
-def python_loop(session, meta, start, cd, rule, voxel_size) -> tuple[np.ndarray, float]:
-    """``calbatch rollout``'s plain loop over an open session: (frames, seconds)."""
-    from calbatch.electrode.schedule import press_schedule
-    from calbatch.surrogate.rollout import network_inputs, next_frame, start_frames, step_plan
+def python_loop(p, start, cd) -> tuple[np.ndarray, float]:
+    """A plain Python loop of :func:`calbatch.surrogate.rules.decide` over the predictor's open
+    session and plan: (frames, seconds)."""
+    from calbatch.surrogate.contract import conditioning, past_indices
+    from calbatch.surrogate.rules import decide
+    from calbatch.surrogate.step import start_frames
 
     t0 = time.perf_counter()
-    sched_meta = json.loads(meta.get("schedule", "{}") or "{}")
-    given, h0 = start_frames(start, voxel_size)
-    sched = press_schedule(cd, h0, sched_meta.get("press_speed_m_s", 0.05), sched_meta.get("frame_interval_us"),
-                           sched_meta.get("timestep_us"))
+    given, h0 = start_frames(start, p.voxel_size)
+    sched = p.model.schedule(cd, h0)
     frames = np.empty((sched["n_frames"], *given.shape[1:]), dtype=np.uint8)
     frames[0] = given[0]
-    plan = step_plan(meta, "model", rule, sched, cd, h0, given[0], voxel_size)
-    counts = plan["counts"]
+    plan = p.plan(sched, cd, h0, given[0])
+    tops, counts = plan["top_um"], plan["counts"]
     for t in range(sched["n_frames"] - 1):
-        x, c = network_inputs(frames, t, cd, h0, voxel_size, plan["top_um"], sched["phase"])
-        out = session.run(None, {"frames": x, "cond": c})[0][0]
-        frames[t + 1] = next_frame(out, frames[t], meta, rule, plan["first_void"][t], None if counts is None else counts[t])
+        x = np.ascontiguousarray(np.moveaxis(frames[past_indices(t)], 0, -1))[None]
+        c = conditioning(cd, h0, p.voxel_size, tops[t], tops[t + 1], sched["phase"][t + 1])[None]
+        out = p.session.run(None, {"frames": x, "cond": c})[0][0]
+        frames[t + 1] = decide(out, frames[t], p.rule, plan["first_void"][t], None if counts is None else counts[t])
     return frames, time.perf_counter() - t0
 
 
 def bench_steps(model: Path, volume: np.ndarray, cd: float, threads: int, batches: list[int]) -> dict:
-    from calbatch.screen import Predictor
-    from calbatch.surrogate import Engine
+    from calbatch import Predictor
 
     out: dict = {"batch_step_s": {}}
     for b in batches:
-        engine = Engine(model, threads=threads, batch_size=b)
-        engine.rollouts([volume], [cd])  # warm-up: allocation, first-run kernels
+        engine = Predictor(model, threads=threads, batch_size=b)
+        engine.cases([volume], [cd])  # warm-up: allocation, first-run kernels
         t0 = time.perf_counter()
-        cases = engine.rollouts([volume] * b, [cd] * b)
+        cases = engine.cases([volume] * b, [cd] * b)
         steps = sum(c.n_frames - 1 for c in cases)
         out["batch_step_s"][b] = (time.perf_counter() - t0) / steps
         if b == 1:
@@ -93,14 +93,14 @@ def bench_steps(model: Path, volume: np.ndarray, cd: float, threads: int, batche
 
 
 def bench_loop(model: Path, volume: np.ndarray, cd: float, threads: int) -> dict:
-    from calbatch.surrogate import Engine
+    from calbatch import Predictor
 
-    engine = Engine(model, threads=threads)
-    engine.rollouts([volume], [cd])  # warm-up
+    engine = Predictor(model, threads=threads)
+    engine.cases([volume], [cd])  # warm-up
     t0 = time.perf_counter()
-    (case,) = engine.rollouts([volume], [cd])
+    (case,) = engine.cases([volume], [cd])
     t_engine = time.perf_counter() - t0
-    frames, t_python = python_loop(engine.session, engine.meta, volume, cd, engine.rule, engine.voxel_size)
+    frames, t_python = python_loop(engine, volume, cd)
     return {"frames": case.n_frames, "engine_s": t_engine, "python_s": t_python, "ratio": t_python / t_engine,
             "bit_identical": bool(np.array_equal(case.frames, frames))}
 

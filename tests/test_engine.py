@@ -64,35 +64,38 @@ def with_metadata(src, dst, **changes):
     return dst
 
 
-def python_loop(session, meta, starts, cds, rule, batch_size, voxel_size=VS):
-    """``calbatch rollout``'s plain Python loop (its network_inputs, session.run and next_frame) for
-    several cases, ``batch_size`` cases per network call, taken in the engine's order: the first
-    unfinished cases on the first unfinished case's grid. Returns each case's frames."""
-    from calbatch.electrode.schedule import press_schedule
-    from calbatch.surrogate.rollout import network_inputs, next_frame, start_frames, step_plan
+def python_loop(p, starts, cds, batch_size, session=None):
+    """A plain Python loop over the network for several cases, ``batch_size`` cases per call in the
+    stepping loop's order (the first unfinished cases on the first unfinished case's grid): numpy
+    windows (``past_indices``), the conditioning of each step, ``session.run`` (default the
+    predictor's session) and :func:`calbatch.surrogate.rules.decide` (or the nearest code) per case,
+    the plan and the schedule taken from the predictor. Returns each case's frames."""
+    from calbatch.surrogate.contract import conditioning, past_indices
+    from calbatch.surrogate.rules import decide, nearest_codes
+    from calbatch.surrogate.step import start_frames
 
-    sched_meta = json.loads(meta.get("schedule", "{}"))
+    session = p.session if session is None else session
     cases = []
     for start, cd in zip(starts, cds):
-        given, h0 = start_frames(start, voxel_size)
-        sched = press_schedule(cd, h0, sched_meta.get("press_speed_m_s", 0.05), sched_meta.get("frame_interval_us"),
-                               sched_meta.get("timestep_us"))
+        given, h0 = start_frames(start, p.voxel_size)
+        sched = p.model.schedule(cd, h0)
         frames = np.empty((sched["n_frames"], *given.shape[1:]), np.uint8)
         frames[:len(given)] = given
-        plan = step_plan(meta, "model", rule, sched, cd, h0, given[0], voxel_size)
+        plan = p.plan(sched, cd, h0, given[0])
         cases.append({"frames": frames, "t": len(given) - 1, "cd": cd, "h0": h0, "sched": sched, "plan": plan})
     pending = list(cases)
     while pending:
         grid = pending[0]["frames"].shape[1:]
         batch = [c for c in pending if c["frames"].shape[1:] == grid][:batch_size]
-        xs, cs = zip(*(network_inputs(c["frames"], c["t"], c["cd"], c["h0"], voxel_size, c["plan"]["top_um"],
-                                      c["sched"]["phase"]) for c in batch))
-        out = session.run(None, {"frames": np.concatenate(xs), "cond": np.concatenate(cs)})[0]
+        xs = [np.moveaxis(c["frames"][past_indices(c["t"])], 0, -1)[None] for c in batch]
+        cs = [conditioning(c["cd"], c["h0"], p.voxel_size, c["plan"]["top_um"][c["t"]], c["plan"]["top_um"][c["t"] + 1],
+                           c["sched"]["phase"][c["t"] + 1])[None] for c in batch]
+        out = session.run(None, {"frames": np.ascontiguousarray(np.concatenate(xs)), "cond": np.concatenate(cs)})[0]
         for k, c in enumerate(batch):
-            t = c["t"]
-            counts = c["plan"]["counts"]
-            c["frames"][t + 1] = next_frame(out[k], c["frames"][t], meta, rule, c["plan"]["first_void"][t],
-                                            None if counts is None else counts[t])
+            t, counts = c["t"], c["plan"]["counts"]
+            c["frames"][t + 1] = (decide(out[k], c["frames"][t], p.rule, c["plan"]["first_void"][t],
+                                         None if counts is None else counts[t])
+                                  if p.model.kind.scores else nearest_codes(out[k]))
             c["t"] += 1
         pending = [c for c in pending if c["t"] < len(c["frames"]) - 1]
     return [c["frames"] for c in cases]
@@ -116,13 +119,13 @@ def _rollout(model, start, cd, rule="particles"):
 
 @pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "argmax", "expected"])
 def test_batch_1_equals_rollout_bit_for_bit(models, rule):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
-    engine = Engine(models["tiny"], rule=rule)
+    engine = Predictor(models["tiny"], rule=rule)
     vol = random_volume(GRID, seed=11)
     for cd in (20.0, 33.3, 45.0):  # 45: outside the trained range
         ref = _rollout(models["tiny"], vol, cd, rule)
-        (case,) = engine.rollouts([vol], [cd])
+        (case,) = engine.cases([vol], [cd])
         assert case.frames.shape == ref["frames"].shape
         assert np.array_equal(case.frames, ref["frames"]), (rule, cd)
         assert (case.final != vol).any()  # the model moved voxels
@@ -131,52 +134,70 @@ def test_batch_1_equals_rollout_bit_for_bit(models, rule):
         np.testing.assert_array_equal(series["press_z_um"], ref["press_z_um"])
         assert list(series["phase"]) == list(ref["phase"]) and series["attrs"]["decision_rule"] == rule
     three = ref["frames"][:3]  # three start frames
-    (case,) = engine.rollouts([three], [30.0])
+    (case,) = engine.cases([three], [30.0])
     assert np.array_equal(case.frames, _rollout(models["tiny"], three, 30.0, rule)["frames"])
+
+
+@pytest.mark.parametrize("rule", ["particles", "budget", "expected"])
+def test_rollout_predictor_and_teacher_forcing_agree_bit_for_bit(models, rule):
+    """The three users of the one stepping loop: the free rollout, the predictor and the
+    teacher-forced evaluation (fed the rollout's own frames as the truth, it predicts them again)."""
+    from calbatch import Predictor
+    from calbatch.electrode.series import write_series
+    from calbatch.evaluate.run import _Case, teacher_forced
+
+    vol = random_volume(GRID, seed=8)
+    ref = _rollout(models["tiny"], vol, 30.0, rule)
+    p = Predictor(models["tiny"], rule=rule)
+    assert np.array_equal(p.rollout(vol, 30.0)["frames"], ref["frames"])
+    path = models["dir"] / f"truth_{rule}.h5"
+    write_series(path, ref)
+    forced = teacher_forced(p, _Case(path, p.model))
+    assert np.array_equal(forced, ref["frames"])
+    assert (forced[-1] != vol).any()
 
 
 def test_wall_overlap_of_the_model_is_honoured_by_engine_and_rollout(models):
     """A model trained to fill slices above the press (metadata ``wall_overlap_voxels``): the engine
     and the plain loop force void from the same slice, and frames differ from a model without it."""
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     overlap = with_metadata(models["tiny"], models["dir"] / "overlap.onnx", wall_overlap_voxels="3")
     vol = random_volume(GRID, seed=5)
     ref = _rollout(overlap, vol, 35.0, "conserve")  # the budget rule forces void from the planned top instead
-    (case,) = Engine(overlap, rule="conserve").rollouts([vol], [35.0])
+    (case,) = Predictor(overlap, rule="conserve").cases([vol], [35.0])
     assert np.array_equal(case.frames, ref["frames"])
     assert not np.array_equal(ref["frames"], _rollout(models["tiny"], vol, 35.0, "conserve")["frames"])
 
 
 @pytest.mark.parametrize("rule", ["particles", "budget", "conserve", "expected"])
 def test_batches_with_mixed_cds_equal_the_python_loop_bit_for_bit(models, rule):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     starts = [random_volume(GRID, seed=s) for s in range(5)] + [random_volume((28, 16, 16), seed=9)]
     cds = [20.0, 42.5, 31.0, 25.0, 37.0, 33.0]  # schedules of different lengths: cases finish at different steps
-    engine = Engine(models["tiny"], rule=rule, batch_size=3)
-    cases = engine.rollouts(starts, cds)
-    ref = python_loop(engine.session, engine.meta, starts, cds, rule, 3)
+    engine = Predictor(models["tiny"], rule=rule, batch_size=3)
+    cases = engine.cases(starts, cds)
+    ref = python_loop(engine, starts, cds, 3)
     assert len({c.n_frames for c in cases}) > 2
     for case, frames in zip(cases, ref):
         assert np.array_equal(case.frames, frames)
     # a ring of the last three frames ends in the same final frame
-    rings = engine.rollouts(starts, cds, series=False)
+    rings = engine.cases(starts, cds, series=False)
     assert all(len(r.frames) == 3 and np.array_equal(r.final, c.final) for r, c in zip(rings, cases))
     with pytest.raises(CalbatchError, match="ring keeps the last three"):
         rings[0].frame(0)
 
 
 def test_paper_model_equals_rollout_bit_for_bit(models):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     vol = random_volume(GRID, seed=4)
     ref = _rollout(models["paper"], vol, 30.0)
-    engine = Engine(models["paper"], batch_size=2)
-    cases = engine.rollouts([vol, random_volume(GRID, seed=5)], [30.0, 22.0])
-    assert np.array_equal(cases[0].frames, python_loop(engine.session, engine.meta, [vol, random_volume(GRID, seed=5)],
-                                                       [30.0, 22.0], "conserve", 2)[0])
-    assert np.array_equal(engine.rollouts([vol], [30.0])[0].frames, ref["frames"])
+    engine = Predictor(models["paper"], batch_size=2)
+    cases = engine.cases([vol, random_volume(GRID, seed=5)], [30.0, 22.0])
+    assert np.array_equal(cases[0].frames, python_loop(engine, [vol, random_volume(GRID, seed=5)], [30.0, 22.0], 2)[0])
+    assert np.array_equal(engine.cases([vol], [30.0])[0].frames, ref["frames"])
     assert (ref["frames"][-1] != vol).any()
 
 
@@ -186,25 +207,25 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
     pytest.importorskip("tf2onnx")
     from calbatch.model.export import export
     from calbatch.model.networks import build
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     config = {"channels": 4, "layers_coarse": 1}
     run = {"kind": "calbatch", "config": config, "grid_zyx": list(GRID), "voxel_size_um": VS, "cd_range": [20, 50],
            "schedule": {"press_speed_m_s": 0.05, "frame_interval_us": 40.0}, "phase_budget": hand_budget(VS)}
     path = export(build("calbatch", **config), run, tmp_path / "net.onnx")["out"]
     starts = [random_volume(GRID, seed=s) for s in (5, 6, 7)]
-    engine = Engine(path)
-    assert np.array_equal(engine.rollouts(starts[:1], [30.0])[0].frames, _rollout(path, starts[0], 30.0)["frames"])
-    batched = Engine(path, batch_size=2)
-    cases = batched.rollouts(starts, [30.0, 45.0, 24.0])
-    for case, frames in zip(cases, python_loop(batched.session, batched.meta, starts, [30.0, 45.0, 24.0], batched.rule, 2)):
+    engine = Predictor(path)
+    assert np.array_equal(engine.cases(starts[:1], [30.0])[0].frames, _rollout(path, starts[0], 30.0)["frames"])
+    batched = Predictor(path, batch_size=2)
+    cases = batched.cases(starts, [30.0, 45.0, 24.0])
+    for case, frames in zip(cases, python_loop(batched, starts, [30.0, 45.0, 24.0], 2)):
         assert np.array_equal(case.frames, frames)
 
 
 # --- checks and errors ------------------------------------------------------------------------------
 
 def test_model_metadata_is_checked(models):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     d, tiny = models["dir"], models["tiny"]
     bad = {
@@ -218,32 +239,32 @@ def test_model_metadata_is_checked(models):
     for k, (message, change) in enumerate(bad.items()):
         path = with_metadata(tiny, d / f"bad{k}.onnx", **change)
         with pytest.raises(CalbatchError, match=f"bad{k}.onnx.*{message}"):
-            Engine(path)
+            Predictor(path)
     paper_as_calbatch = with_metadata(models["paper"], d / "mislabelled.onnx", kind="calbatch")
     with pytest.raises(CalbatchError, match=r"output shape .* not a calbatch model's \(B, nz, ny, nx, 4\)"):
-        Engine(paper_as_calbatch)
+        Predictor(paper_as_calbatch)
     with pytest.raises(CalbatchError, match="unknown rule"):
-        Engine(tiny, rule="best")
+        Predictor(tiny, rule="best")
     with pytest.raises(CalbatchError, match="batch_size: must be at least 1"):
-        Engine(tiny, batch_size=0)
+        Predictor(tiny, batch_size=0)
 
 
 def test_cases_are_checked_against_the_model(models):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
-    engine = Engine(models["tiny"])
+    engine = Predictor(models["tiny"])
     with pytest.raises(CalbatchError, match="multiples of 4"):
         engine.start(random_volume((24, 18, 18)), 30)
     with pytest.raises(CalbatchError, match="trained at 1.9"):
-        Engine(models["tiny"], voxel_size=0.4).start(random_volume(GRID), 30)
+        Predictor(models["tiny"], voxel_size=0.4).start(random_volume(GRID), 30)
     with pytest.raises(CalbatchError, match="unknown phase code 3"):
         engine.start(np.full(GRID, 3, np.uint8), 30)
     with pytest.raises(CalbatchError, match="cd: must be between 0 and 90"):
         engine.start(random_volume(GRID), 95)
     with pytest.raises(CalbatchError, match="takes only its training grid"):
-        Engine(models["paper"]).start(random_volume((28, 16, 16)), 30)
+        Predictor(models["paper"]).start(random_volume((28, 16, 16)), 30)
     with pytest.raises(CalbatchError, match="series: this case kept only its last three"):
-        engine.series(engine.rollouts([random_volume(GRID)], [30], series=False)[0])
+        engine.series(engine.cases([random_volume(GRID)], [30], series=False)[0])
 
 
 def test_core_refuses_bad_buffers():
@@ -262,10 +283,10 @@ def test_core_refuses_bad_buffers():
         _core.rollout_window(frames + [np.zeros((3, 4, 4, 8), np.uint8)], np.array([0, 0]), np.zeros((2, 4, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="no next frame"):
         _core.rollout_advance(np.zeros((1, 4, 4, 4, 4), np.float32), [np.zeros((5, 4, 4, 4), np.uint8)], np.array([4]),
-                              np.array([4]), "argmax")
-    with pytest.raises(ValueError, match="rule expected needs counts"):
-        _core.rollout_advance(np.zeros((1, 4, 4, 4, 4), np.float32), frames, t, np.array([4]), "expected")
-    with pytest.raises(ValueError, match="rule must be"):
+                              np.array([4]), _core.Decision.argmax)
+    with pytest.raises(ValueError, match="decision counts needs counts"):
+        _core.rollout_advance(np.zeros((1, 4, 4, 4, 4), np.float32), frames, t, np.array([4]), _core.Decision.counts)
+    with pytest.raises(TypeError):  # a rule by name: the core takes a Decision
         _core.rollout_advance(np.zeros((1, 4, 4, 4, 4), np.float32), frames, t, np.array([4]), "best")
     # the window interleaves frames t-2, t-1, t (oldest first) from a ring
     ring = np.stack([np.full((4, 4, 4), v, np.uint8) for v in (7, 8, 9)])  # frames 3, 4, 5 in slots 0, 1, 2
@@ -296,65 +317,62 @@ def test_cases_file_backend_key(tmp_path):
 @pytest.mark.skipif(CUDA, reason="onnxruntime-gpu is installed: its backends are tested below")
 @pytest.mark.parametrize("backend", ["ort-cuda", "ort-tensorrt"])
 def test_ort_gpu_backends_say_what_is_missing(models, backend):
-    from calbatch.screen import Predictor
-    from calbatch.surrogate import Engine
+    from calbatch import Predictor
 
-    with pytest.raises(CalbatchError, match=f"^--backend {backend}: onnxruntime-gpu is not installed") as err:
-        Engine(models["tiny"], backend=backend)
-    assert "\n" not in str(err.value)
-    with pytest.raises(CalbatchError, match=f"^--backend {backend}: onnxruntime-gpu is not installed"):
+    with pytest.raises(CalbatchError, match=f"^backend {backend}: onnxruntime-gpu is not installed") as err:
         Predictor(models["tiny"], backend=backend)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed: tested below")
 def test_tensorrt_backend_says_what_is_missing(models):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
-    with pytest.raises(CalbatchError, match="^--backend tensorrt: the tensorrt package is not installed$"):
-        Engine(models["tiny"], backend="tensorrt")
+    with pytest.raises(CalbatchError, match="^backend tensorrt: the tensorrt package is not installed$"):
+        Predictor(models["tiny"], backend="tensorrt")
 
 
 def test_unknown_backend(models):
-    from calbatch.surrogate import BACKENDS, Engine
+    from calbatch.surrogate import BACKENDS, Predictor
 
-    with pytest.raises(CalbatchError, match="--backend 'tpu': unknown \\(one of cpu, ort-cuda, ort-tensorrt, tensorrt\\)"):
-        Engine(models["tiny"], backend="tpu")
+    with pytest.raises(CalbatchError, match="^backend 'tpu': unknown \\(one of cpu, ort-cuda, ort-tensorrt, tensorrt\\)"):
+        Predictor(models["tiny"], backend="tpu")
     assert BACKENDS[0] == "cpu"
 
 
 @pytest.mark.skipif(not CUDA, reason="onnxruntime-gpu (CUDAExecutionProvider) is not installed")
 @pytest.mark.parametrize("backend", ["ort-cuda"] + (["ort-tensorrt"] if TRT_EP else []))
 def test_ort_gpu_backend_equals_the_python_loop_over_its_session(models, backend, tmp_path, monkeypatch):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     monkeypatch.setenv("CALBATCH_CACHE", str(tmp_path))
     starts = [random_volume(GRID, seed=s) for s in range(3)]
     cds = [20.0, 35.0, 28.0]
-    engine = Engine(models["tiny"], backend=backend, batch_size=2)
-    cases = engine.rollouts(starts, cds)
+    engine = Predictor(models["tiny"], backend=backend, batch_size=2)
+    cases = engine.cases(starts, cds)
     session = engine.backend.session(GRID)
     assert session.get_providers()[0] != "CPUExecutionProvider"
-    for case, frames in zip(cases, python_loop(session, engine.meta, starts, cds, engine.rule, 2)):
+    for case, frames in zip(cases, python_loop(engine, starts, cds, 2, session)):
         assert np.array_equal(case.frames, frames)
 
 
 @pytest.mark.skipif(not TENSORRT, reason="tensorrt and cupy are not both installed")
 def test_tensorrt_backend_matches_the_cpu_and_caches_its_engine(models, tmp_path, monkeypatch):
-    from calbatch.surrogate import Engine
+    from calbatch.surrogate import Predictor
 
     monkeypatch.setenv("CALBATCH_CACHE", str(tmp_path))
     starts = [random_volume(GRID, seed=s) for s in range(3)]
     cds = [20.0, 35.0, 28.0]
-    gpu = Engine(models["tiny"], backend="tensorrt", batch_size=2)
-    cases = gpu.rollouts(starts, cds)
+    gpu = Predictor(models["tiny"], backend="tensorrt", batch_size=2)
+    cases = gpu.cases(starts, cds)
     engine_file = gpu.backend.engine_file(GRID)
     assert engine_file.is_file()
     built = engine_file.stat().st_mtime_ns
-    cpu = Engine(models["tiny"], batch_size=2).rollouts(starts, cds)
+    cpu = Predictor(models["tiny"], batch_size=2).cases(starts, cds)
     for g, c in zip(cases, cpu):  # another device's arithmetic: near-equal first frame, conserved solids
         assert np.mean(g.frames[1] != c.frames[1]) < 1e-3
         for code in (1, 2):
             assert np.count_nonzero(g.final == code) == np.count_nonzero(c.final == code)
-    again = Engine(models["tiny"], backend="tensorrt", batch_size=2)
-    again.rollouts(starts[:1], cds[:1])
+    again = Predictor(models["tiny"], backend="tensorrt", batch_size=2)
+    again.cases(starts[:1], cds[:1])
     assert engine_file.stat().st_mtime_ns == built  # loaded from the cache, not rebuilt

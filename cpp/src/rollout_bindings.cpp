@@ -74,25 +74,16 @@ void rollout_window(const py::list& frames, const I64Array& t, py::array_t<uint8
     for (int64_t b = 0; b < n; ++b) calbatch::assemble_window(batch.cases[b], nvox, dst + b * nvox * 3);
 }
 
-calbatch::NextFrameRule rule_of(const std::string& rule) {
-    if (rule == "argmax") return calbatch::NextFrameRule::Argmax;
-    if (rule == "conserve") return calbatch::NextFrameRule::Conserve;
-    if (rule == "expected") return calbatch::NextFrameRule::Expected;
-    if (rule == "nearest") return calbatch::NextFrameRule::Nearest;
-    throw std::invalid_argument("rule must be argmax, conserve, expected or nearest, got " + rule);
-}
-
 void rollout_advance(const py::array_t<float, py::array::c_style>& output, const py::list& frames, const I64Array& t,
-                     const I64Array& first_void, const std::string& rule_name, const py::object& counts) {
-    const calbatch::NextFrameRule rule = rule_of(rule_name);
+                     const I64Array& first_void, calbatch::NextFrameRule rule, const py::object& counts) {
     Batch batch = gather(frames, t);
     const auto n = static_cast<int64_t>(batch.cases.size());
     const bool scores = rule != calbatch::NextFrameRule::Nearest;
     require_batch_array(output, batch, scores ? 4 : 0, scores ? "output (class scores)" : "output (codes)");
     if (first_void.ndim() != 1 || first_void.shape(0) != n)
         throw std::invalid_argument("first_void must hold one slice index per case");
-    if (rule == calbatch::NextFrameRule::Expected) {
-        if (counts.is_none()) throw std::invalid_argument("rule expected needs counts (n_am, n_cbd) per case");
+    if (rule == calbatch::NextFrameRule::Counts) {
+        if (counts.is_none()) throw std::invalid_argument("decision counts needs counts (n_am, n_cbd) per case");
         auto c = counts.cast<I64Array>();
         if (c.ndim() != 2 || c.shape(0) != n || c.shape(1) != 2)
             throw std::invalid_argument("counts must have shape (cases, 2)");
@@ -113,6 +104,11 @@ void rollout_advance(const py::array_t<float, py::array::c_style>& output, const
 }  // namespace
 
 void bind_rollout(py::module_& m) {
+    py::enum_<calbatch::NextFrameRule>(m, "Decision", "How rollout_advance decides a next frame.")
+        .value("argmax", calbatch::NextFrameRule::Argmax)
+        .value("conserve", calbatch::NextFrameRule::Conserve)
+        .value("counts", calbatch::NextFrameRule::Counts)
+        .value("nearest", calbatch::NextFrameRule::Nearest);
     m.def("rollout_window", &rollout_window, py::arg("frames"), py::arg("t"), py::arg("out").noconvert(),
           "The network input of one rollout step for a batch: out[b] (nz, ny, nx, 3) uint8 = frames t-2, t-1, t"
           " (oldest first, indices below 0 are frame 0) of case b, whose frames (slots, nz, ny, nx) hold frame k"
@@ -120,7 +116,7 @@ void bind_rollout(py::module_& m) {
     m.def("rollout_advance", &rollout_advance, py::arg("output"), py::arg("frames"), py::arg("t"),
           py::arg("first_void"), py::arg("rule"), py::arg("counts") = py::none(),
           "Frame t+1 of every case of a batch, written into slot (t+1) % slots of its frames: from class scores"
-          " (B, nz, ny, nx, 4) by the decision rule (argmax, conserve: frame t's AM and CBD counts, expected:"
+          " (B, nz, ny, nx, 4) by the Decision (argmax, conserve: frame t's AM and CBD counts, counts: the"
           " counts (B, 2) given), slices from first_void up void; or from regressed codes (B, nz, ny, nx) by the"
-          " nearest code (rule nearest). Then the void rule.");
+          " nearest code (Decision.nearest). Then the void rule.");
 }

@@ -18,4 +18,12 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 from .electrode.volume import PHASES, read_volume, write_volume
 from .errors import CalbatchError
 
-__all__ = ["CalbatchError", "PHASES", "read_volume", "write_volume", "__version__"]
+__all__ = ["CalbatchError", "PHASES", "Predictor", "read_volume", "write_volume", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Predictor":  # on first use: importing calbatch stays light (no ONNX Runtime)
+        from .surrogate.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'calbatch' has no attribute {name!r}")

@@ -1,5 +1,7 @@
 """Type stubs of calbatch's C++ core (cpp/src/core.cpp)."""
 
+import enum
+
 import numpy as np
 import numpy.typing as npt
 
@@ -35,12 +37,18 @@ def decide(
     out: npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.uint8]: ...
 def max_threads() -> int: ...
+class Decision(enum.Enum):
+    argmax = 0
+    conserve = 1
+    counts = 2
+    nearest = 3
+
 def rollout_window(frames: list[npt.NDArray[np.uint8]], t: npt.NDArray[np.int64], out: npt.NDArray[np.uint8]) -> None: ...
 def rollout_advance(
     output: npt.NDArray[np.float32],
     frames: list[npt.NDArray[np.uint8]],
     t: npt.NDArray[np.int64],
     first_void: npt.NDArray[np.int64],
-    rule: str,
+    rule: Decision,
     counts: npt.NDArray[np.int64] | None = None,
 ) -> None: ...

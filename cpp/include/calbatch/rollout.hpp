@@ -12,14 +12,16 @@
 
 namespace calbatch {
 
-enum class NextFrameRule { Argmax, Conserve, Expected, Nearest };
+// How the core decides a next frame: argmax; the AM and CBD counts of the previous frame; counts
+// the caller gives; the nearest code of a regressed output.
+enum class NextFrameRule { Argmax, Conserve, Counts, Nearest };
 
 struct RolloutCase {
     uint8_t* frames;     // slots x nvox codes
     int64_t slots;
     int64_t t;           // current frame: the step predicts frame t + 1
     int64_t first_void;  // slices of frame t + 1 from here up lie above the press
-    int64_t n_am, n_cbd; // rule Expected: the counts the model expects (computed by the caller)
+    int64_t n_am, n_cbd; // rule Counts: the counts the caller gives
 };
 
 inline uint8_t* frame_slot(const RolloutCase& c, int64_t k, int64_t nvox) { return c.frames + (k % c.slots) * nvox; }
@@ -55,9 +57,9 @@ inline int nearest_code_index(float o) {
 }  // namespace rollout_detail
 
 // Frame t + 1 of a case from its network output, written into its slot: class scores (nvox, 4)
-// by decide (rules Argmax, Conserve: the AM and CBD counts of frame t, Expected: the case's
+// by decide (rules Argmax, Conserve: the AM and CBD counts of frame t, Counts: the case's
 // counts), or regressed codes (nvox) by the nearest code then the void rule (paper models), as
-// calbatch.rollout.next_frame.
+// calbatch.surrogate.rules.decide.
 inline void advance(const float* output, const RolloutCase& c, int64_t nz, int64_t ny, int64_t nx,
                     NextFrameRule rule, DecideScratch& scratch) {
     const int64_t nvox = nz * ny * nx;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..electrode.schedule import PRESS_SPEED_M_S
 from ..electrode.volume import AM, CBD, DEFAULT_NANOPOROSITY
 from ..errors import CalbatchError
 
@@ -80,7 +81,7 @@ DT_PER_UM = 2.5e-4  # time step in us per um of the smallest diameter (halving i
 PACK = {"box_height_factor": 3.3, "gravity_um_us2": 0.02, "fall_us": 150.0, "quench_us": 50.0,
         "quench_damping": 50.0, "friction": 0.1, "cohesion_factor": 0.45,
         "settle_speed_um_us": 0.05, "settle_chunk_us": 10.0, "max_fall_us": 600.0}
-DEFAULT_SPEED = 0.05  # press speed in m/s (= um/us); 0.1 left 1.2 % more thickness (docs/dem.md)
+DEFAULT_SPEED = PRESS_SPEED_M_S  # the press speed of a DEM run, m/s (= um/us)
 # The press schedule (release by 0.6 x the travel at twice the speed, two relaxation frames, one
 # frame per 1 um of travel) is calbatch.electrode.schedule's, shared with the model's rollouts.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .volume import CLASS_CODES
+
 
 def census(volume: np.ndarray, periodic_xy: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """(histogram[256], faces[8, 8] symmetric, top solid slice or -1), like ``_core.census``."""
@@ -84,7 +86,6 @@ def fick_matrix(phases: np.ndarray, active: np.ndarray, diffusivity: np.ndarray)
 # Float arithmetic is written out in the order the core does it, all in float32 and elementwise, so
 # the two agree bit for bit: numpy does not promise an order for a reduction such as .sum(axis=1).
 
-_CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
 
 
 def decision_probabilities(below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +138,7 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str, first_void: int)
     below = np.asarray(scores[:fv], dtype=np.float32).reshape(-1, 4)  # the slices solids may take
     codes = np.full(scores.shape[:3], 4, dtype=np.uint8)
     if rule == "argmax":
-        codes[:fv] = _CLASS_CODES[np.argmax(below, axis=-1)].reshape(fv, *scores.shape[1:3])
+        codes[:fv] = CLASS_CODES[np.argmax(below, axis=-1)].reshape(fv, *scores.shape[1:3])
         return void_rule(codes)
     if rule == "conserve":
         n_am, n_cbd = int(np.count_nonzero(previous == 2)), int(np.count_nonzero(previous == 1))

@@ -22,6 +22,7 @@ RELAX_FRAMES = 2  # ... then stays away for two frames
 # up to 5 slices above the first slice over the press (1 at CD 20, 4-5 at CD 50), so material may sit
 # this many slices above the press; only the slices beyond are known void (training mask, rollout).
 WALL_OVERLAP_VOXELS = 6
+PRESS_SPEED_M_S = 0.05  # the default press speed (= um/us); 0.1 left 1.2 % more thickness (docs/dem.md)
 FRAME_TRAVEL_UM = 1.0  # default frame interval: the time the press needs for 1 um
 # The DEM's default time step (um/us units) when none is known: 2.5e-4 us per um of the smallest
 # diameter (dem.settings.DT_PER_UM), 2 um CBD spheres -> 5e-4 us. The frame count does not depend
@@ -29,12 +30,12 @@ FRAME_TRAVEL_UM = 1.0  # default frame interval: the time the press needs for 1 
 DEFAULT_DT_US = 5e-4
 
 
-def press_schedule(cd: float, h0: float, speed: float = 0.05, frame_interval_us: float | None = None,
+def press_schedule(cd: float, h0: float, speed: float = PRESS_SPEED_M_S, frame_interval_us: float | None = None,
                    dt: float | None = None) -> dict:
     """The frames of a calendering run to ``cd`` percent of the uncalendered top ``h0`` (um).
 
     Returns ``n_frames``, per frame ``time_us``, ``press_z_um`` and ``phase`` (a stage name), and
-    the scalars ``press_steps``, ``release_steps``, ``frame_steps``, ``dt``, ``travel_um`` and
+    the scalars ``press_speed_m_s``, ``press_steps``, ``release_steps``, ``frame_steps``, ``dt``, ``travel_um`` and
     ``press_lowest_um`` -- the same numbers ``dem.calender`` computes.
     """
     if not (np.isfinite(cd) and 0 < cd < 90):
@@ -62,7 +63,7 @@ def press_schedule(cd: float, h0: float, speed: float = 0.05, frame_interval_us:
                                   h0 - travel + RELEASE_FACTOR * travel))
     phase = np.where(steps <= press_steps, "press", np.where(steps <= press_steps + release_steps, "release", "relax"))
     return {"n_frames": int(n_frames), "time_us": time_us, "press_z_um": press_z, "phase": phase,
-            "press_steps": press_steps, "release_steps": release_steps, "frame_steps": frame_steps,
+            "press_speed_m_s": float(speed), "press_steps": press_steps, "release_steps": release_steps, "frame_steps": frame_steps,
             "dt": dt, "travel_um": travel, "press_lowest_um": h0 - travel}
 
 

@@ -18,6 +18,7 @@ from ..errors import CalbatchError
 
 PORE, CBD, AM, VOID = 0, 1, 2, 4
 PHASES = {PORE: "pore", CBD: "CBD", AM: "AM", VOID: "void"}
+CLASS_CODES = np.array([PORE, CBD, AM, VOID], dtype=np.uint8)  # a frame model's class index -> phase code
 DEFAULT_VOXEL_SIZE_UM = 0.4
 # The CBD is a nanoporous carbon + binder domain; half of it is pore by default (Franco group).
 DEFAULT_NANOPOROSITY = 0.5

@@ -264,7 +264,7 @@ def _backend(predictor, threads, grid) -> dict:
     the execution providers of the ONNX Runtime session that ran ``grid``."""
     import onnxruntime
 
-    backend = predictor.engine.backend
+    backend = predictor.backend
     if backend.name == "tensorrt":
         return {"name": "tensorrt", "version": backend.trt.__version__, "providers_used": [],
                 "providers_available": [], "threads": threads}

@@ -18,7 +18,6 @@ Inputs are all checked before any work starts; the JSON report and the plots
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -26,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..electrode.schedule import press_schedule
 from ..electrode.series import read_series
 from ..errors import CalbatchError
-from ..model.export import load_onnx
-from ..surrogate.rollout import ExtrapolationWarning, check_input, network_inputs, next_frame, rollout, step_plan
+from ..surrogate.contract import ExtrapolationWarning, ModelFile
 from ..surrogate.rules import DEFAULT_RULE
+from ..surrogate.step import Stepper
 from . import baselines
 from .scores import CONTACTS, final_scores, final_state, frame_state, per_frame, triple
 
@@ -42,7 +40,7 @@ MIN_FRAMES = 4  # three given frames and one to predict
 class _Case:
     """One series (and its twin) read and checked against the model."""
 
-    def __init__(self, path: Path, meta: dict, model: Path):
+    def __init__(self, path: Path, model: ModelFile):
         self.path = Path(path)
         s = read_series(self.path)
         if "frames" not in s:
@@ -57,7 +55,7 @@ class _Case:
                        "dt": float(a["timestep_us"]) if "timestep_us" in a else None}
         except KeyError as exc:
             raise CalbatchError(f"{path}: series attribute {exc.args[0]!r} missing") from None
-        check_input(meta, model, s["frames"].shape[1:], self.vs, self.h0)
+        model.check_input(s["frames"].shape[1:], self.vs, self.h0)
         self.s, self.frames = s, s["frames"]
         self.twin: dict | None = None
         self.twin_path: Path | None = None
@@ -94,41 +92,36 @@ def _attach_twins(cases: list[_Case], twins) -> None:
             c.attach_twin(Path(path), t)
 
 
-def teacher_forced(sess, meta: dict, case: _Case, rule: str) -> np.ndarray:
+def _rollout(stepper: Stepper, case: _Case, given: int = 1, forced: bool = False):
+    """One case of ``case``'s schedule stepped to its end: free from its first ``given`` frames, or
+    teacher-forced (every step from the true frames)."""
+    c = stepper.start(case.frames[0] if given == 1 else case.frames[:given], case.cd, forced=case.frames if forced else None,
+                      **case.kw)
+    stepper.run([c])
+    return c
+
+
+def teacher_forced(stepper: Stepper, case: _Case) -> np.ndarray:
     """Frame t + 1 predicted from the true frames up to t, for every t (frame 0 as given)."""
-    frames = case.frames
-    sched = press_schedule(case.cd, case.h0, case.kw["speed"], case.kw["frame_interval_us"], case.kw["dt"])
-    p = step_plan(meta, "the model", rule, sched, case.cd, case.h0, frames[0], case.vs)
-    first_void, counts = p["first_void"], p["counts"]
-    out = [frames[0]]
-    for t in range(len(frames) - 1):
-        x, c = network_inputs(frames, t, case.cd, case.h0, case.vs, p["top_um"], sched["phase"])
-        y = sess.run(None, {"frames": x, "cond": c})[0][0]
-        out.append(next_frame(y, frames[t], meta, rule, first_void[t], None if counts is None else counts[t]))
-    return np.stack(out)
+    return _rollout(stepper, case, forced=True).predicted
 
 
-def _predictions(model: Path, sess, meta: dict, case: _Case, rule: str, threads) -> tuple[dict, dict, bool]:
+def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool]:
     """Every pass's frames (see the module), the model's seconds per step, the extrapolation flag."""
     frames = case.frames
-    kw = {**case.kw, "rule": rule, "threads": threads, "progress": False}
-    with warnings.catch_warnings():  # warned once per series by evaluate(), not once per rollout
-        warnings.simplefilter("ignore", ExtrapolationWarning)
-        free1 = rollout(model, frames[0], case.cd, case.vs, **kw)
-        free3 = rollout(model, frames[:3], case.cd, case.vs, **kw)
-    if len(free1["frames"]) != len(frames):
-        raise CalbatchError(f"{case.path}: the rollout has {len(free1['frames'])} frames, the series {len(frames)}: "
+    free1, free3 = _rollout(stepper, case), _rollout(stepper, case, 3)
+    if free1.n_frames != len(frames):
+        raise CalbatchError(f"{case.path}: the rollout has {free1.n_frames} frames, the series {len(frames)}: "
                             "the schedule differs from the DEM's")
     t0 = time.perf_counter()
-    forced = teacher_forced(sess, meta, case, rule)
-    timing = {"rollout_s_per_step": float(np.mean(free1["wall_time_s"][1:])),
-              "teacher_forced_s": time.perf_counter() - t0}
-    preds = {"free_from_frame0": (free1["frames"], 1), "free_from_3_frames": (free3["frames"], 3),
+    forced = teacher_forced(stepper, case)
+    timing = {"rollout_s_per_step": float(np.mean(free1.wall[1:])), "teacher_forced_s": time.perf_counter() - t0}
+    preds = {"free_from_frame0": (free1.frames, 1), "free_from_3_frames": (free3.frames, 3),
              "teacher_forced": (forced, 1), "persistence": (baselines.persistence(frames[0], len(frames)), 1),
              "press_affine": (baselines.press_affine(frames[0], case.s["press_z_um"], case.h0), 1)}
     if case.twin is not None:
         preds["twin"] = (case.twin["frames"], 1)
-    return preds, timing, bool(free1["attrs"]["cd_extrapolated"])
+    return preds, timing, free1.extrapolated
 
 
 def _slices(frames: np.ndarray, picks) -> np.ndarray:
@@ -136,9 +129,9 @@ def _slices(frames: np.ndarray, picks) -> np.ndarray:
     return np.stack([frames[i][:, frames.shape[2] // 2, :] for i in picks])
 
 
-def evaluate_case(model: Path, sess, meta: dict, case: _Case, rule: str, threads, fick: bool) -> tuple[dict, dict]:
+def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict]:
     """The report of one series, and its slices for the plots."""
-    preds, timing, extrapolated = _predictions(model, sess, meta, case, rule, threads)
+    preds, timing, extrapolated = _predictions(stepper, case)
     frames, vs = case.frames, case.vs
     t0 = time.perf_counter()
     dem_states = [frame_state(f, vs) for f in frames]
@@ -149,7 +142,7 @@ def evaluate_case(model: Path, sess, meta: dict, case: _Case, rule: str, threads
         scores["final"] = final_scores(final_state(pred[-1], vs, fick), dem_final)
         passes[name] = scores
     timing["scoring_s"] = time.perf_counter() - t0
-    base = baselines.training_porosity(meta, case.cd)
+    base = baselines.training_porosity(stepper.meta, case.cd)
     a = case.s["attrs"]
     report = {"series": str(case.path), "microstructure_id": case.key[0], "cd_percent": case.cd,
               "cd_extrapolated": extrapolated, "frames": int(len(frames)),
@@ -205,23 +198,24 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
              out: Path | None = None, progress: bool | None = None) -> dict:
     """The report of ``model`` on each of ``series`` (see the module); with ``out`` also the PNG
     plots there (listed under ``plots``). A CD outside the model's trained range is flagged
-    ``cd_extrapolated`` and warned about (:class:`calbatch.surrogate.rollout.ExtrapolationWarning`)."""
+    ``cd_extrapolated`` and warned about (:class:`calbatch.surrogate.contract.ExtrapolationWarning`)."""
     from tqdm import tqdm
 
     model = Path(model)
-    sess, meta = load_onnx(model, threads)
+    stepper = Stepper(model, rule=rule, threads=threads)
+    meta = stepper.meta
     if fick:  # fail now, not after the rollouts
         import mpi4py  # noqa: F401
         import petsc4py  # noqa: F401
-    cases = [_Case(Path(p), meta, model) for p in series]
+    cases = [_Case(Path(p), stepper.model) for p in series]
     _attach_twins(cases, twins)
     reports, slices = [], []
     show = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
     for case in tqdm(cases, desc="evaluate", unit="series", file=sys.stderr, disable=not show, leave=False):
-        r, sl = evaluate_case(model, sess, meta, case, rule, threads, fick)
+        r, sl = evaluate_case(stepper, case, fick)
         if r["cd_extrapolated"]:
-            lo, hi = json.loads(meta["cd_range_percent"])
+            lo, hi = stepper.model.cd_range
             warnings.warn(f"{case.path}: CD {case.cd:g} % is outside the model's trained range {lo:g}-{hi:g} %: "
                           "an extrapolation (flagged cd_extrapolated)", ExtrapolationWarning, stacklevel=2)
         reports.append(r)

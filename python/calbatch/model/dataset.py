@@ -18,23 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..electrode.schedule import STAGES, schedule_of_series, stage_index
+from ..electrode.schedule import schedule_of_series, stage_index
 from ..errors import CalbatchError
+from ..surrogate.contract import COND_NAMES, N_PAST, conditioning, past_indices
 
-N_PAST = 3
-# Conditioning of one step (current frame -> target frame), in this order.
-COND_NAMES = ("cd_fraction", "planned_top_current_over_h0", "planned_top_target_over_h0",
-              "stage_press", "stage_release", "stage_relax", "voxel_size_over_h0")
 # The paper's split (Table 2): electrode 4 wholly held out; electrode 1 tests CD 45, 2 CD 35, 3 CD 25, 45.
 PAPER_TEST = {"electrodes": (4,), "cases": {1: (45.0,), 2: (35.0,), 3: (25.0, 45.0)}}
-
-
-def conditioning(cd: float, h0: float, voxel_size: float, z_current: float, z_target: float, stage) -> np.ndarray:
-    """The conditioning vector of one step (see :data:`COND_NAMES`): ``z_current`` and ``z_target``
-    are the planned tops (um) of the current and target frames; ``stage`` is a name or index."""
-    s = STAGES.index(stage) if isinstance(stage, str) else int(stage)
-    onehot = [1.0 if i == s else 0.0 for i in range(len(STAGES))]
-    return np.array([cd / 100, z_current / h0, z_target / h0, *onehot, voxel_size / h0], dtype=np.float32)
 
 
 @dataclass
@@ -142,11 +131,6 @@ def window_indices(infos: list[SeriesInfo], horizon: int = 1) -> list[tuple[int,
     if horizon < 1:
         raise CalbatchError(f"--horizon: must be at least 1, got {horizon}")
     return [(i, t) for i, s in enumerate(infos) for t in range(s.n_frames - horizon)]
-
-
-def past_indices(t: int) -> list[int]:
-    """The input frames of a window at current frame ``t``, oldest first, padded with frame 0."""
-    return [max(t - k, 0) for k in range(N_PAST - 1, -1, -1)]
 
 
 def read_window(info: SeriesInfo, t: int, horizon: int = 1, frames=None):

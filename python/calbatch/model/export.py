@@ -10,9 +10,8 @@ import numpy as np
 
 from ..electrode.volume import PHASES
 from ..errors import CalbatchError
-from .dataset import COND_NAMES, conditioning
+from ..surrogate.contract import CLASS_CODES, COND_NAMES, MODEL_FORMAT, Kind, conditioning, load_onnx
 
-MODEL_FORMAT = "calbatch-model/1"
 DEFAULT_OPSET = 17
 
 
@@ -40,18 +39,18 @@ def metadata(run: dict, porosity: dict | None = None) -> dict:
     (:mod:`calbatch.surrogate.budget`) included; ``porosity``: :func:`training_porosity` (left out when None)."""
     from .. import __version__
 
-    kind = run["kind"]
-    factor = int(run["config"].get("factor", 4)) if kind == "calbatch" else 1
+    kind = Kind.of(run["kind"])
+    factor = 1 if kind.fixed_grid else int(run["config"].get("factor", 4))
     return {
-        "format": MODEL_FORMAT, "calbatch_version": __version__, "kind": kind,
-        "grid_zyx": json.dumps(run["grid_zyx"]), "fixed_grid": json.dumps(kind == "paper"),
+        "format": MODEL_FORMAT, "calbatch_version": __version__, "kind": kind.value,
+        "grid_zyx": json.dumps(run["grid_zyx"]), "fixed_grid": json.dumps(kind.fixed_grid),
         "grid_multiple_xy": str(factor), "voxel_size_um": repr(float(run["voxel_size_um"])),
         "cd_range_percent": json.dumps(run["cd_range"]),
-        "phase_codes": json.dumps({str(k): v for k, v in PHASES.items()}), "class_codes": json.dumps([0, 1, 2, 4]),
+        "phase_codes": json.dumps({str(k): v for k, v in PHASES.items()}), "class_codes": json.dumps(CLASS_CODES.tolist()),
         "inputs": json.dumps({"frames": "uint8 (B, nz, ny, nx, 3) phase codes of the 3 past frames, oldest first",
                               "cond": f"float32 (B, {len(COND_NAMES)})"}),
         "conditioning": json.dumps(list(COND_NAMES)),
-        "output": "scores over class_codes (B, nz, ny, nx, 4): unnormalised probabilities" if kind == "calbatch" else "codes (B, nz, ny, nx)",
+        "output": kind.output,
         "schedule": json.dumps(run.get("schedule", {})), "config": json.dumps(run["config"]),
         "wall_overlap_voxels": str(run.get("wall_overlap_voxels", 0)),  # material allowed above the press
         **({"training_final_porosity_by_cd": json.dumps(porosity)} if porosity is not None else {}),
@@ -70,8 +69,8 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
 
     if opset < 17:
         raise CalbatchError(f"--opset: must be 17 or newer, got {opset}")
-    fixed = run["kind"] == "paper"
-    grid = tuple(run["grid_zyx"]) if fixed else (None, None, None)
+    kind = Kind.of(run["kind"])
+    grid = tuple(run["grid_zyx"]) if kind.fixed_grid else (None, None, None)
     sig = (tf.TensorSpec((None, *grid, 3), tf.uint8, name="frames"),
            tf.TensorSpec((None, len(COND_NAMES)), tf.float32, name="cond"))
 
@@ -93,7 +92,7 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
     keras_out = model([frames, cond], training=False).numpy()
     onnx_out = load_onnx(out)[0].run(None, {"frames": frames, "cond": cond})[0]
     raw = float(np.max(np.abs(keras_out - onnx_out))) / max(float(np.max(np.abs(keras_out))), 1e-30)
-    if run["kind"] == "calbatch":  # scores are unnormalised: compare the probabilities they give
+    if kind.scores:  # scores are unnormalised: compare the probabilities they give
         keras_out = keras_out / keras_out.sum(axis=-1, keepdims=True)
         onnx_out = onnx_out / onnx_out.sum(axis=-1, keepdims=True)
     return {"out": str(out), "opset": opset, "max_abs_diff": float(np.max(np.abs(keras_out - onnx_out))),
@@ -112,31 +111,3 @@ def random_input(grid, voxel_size: float, seed: int = 0):
     h0 = top * voxel_size
     cond = conditioning(30, h0, voxel_size, 0.95 * h0, 0.93 * h0, "press")[None]
     return frames, cond
-
-
-def load_onnx(path: Path, threads: int | None = None):
-    """(onnxruntime session, metadata dict) of a calbatch model file; a missing, corrupt or
-    foreign file is a CalbatchError naming it."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise CalbatchError(f"{path}: no such model file")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    # no busy-waiting threads: on a shared 2-core machine spinning costs more than it saves
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        raise CalbatchError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:120]})") from None
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
-    if meta.get("format") != MODEL_FORMAT:
-        raise CalbatchError(f"{path}: not a calbatch model (metadata 'format' is {meta.get('format')!r}, "
-                            f"expected {MODEL_FORMAT!r})")
-    names = sorted(i.name for i in sess.get_inputs())
-    if names != ["cond", "frames"]:
-        raise CalbatchError(f"{path}: model inputs {names} are not calbatch's (frames, cond)")
-    return sess, meta

@@ -11,8 +11,8 @@ import tensorflow as tf
 from keras import layers
 
 from ..electrode.schedule import WALL_OVERLAP_VOXELS
+from ..surrogate.contract import CLASS_CODES
 
-CLASS_CODES = (0, 1, 2, 4)  # class index -> phase code
 EPS = 1e-4  # the floor of a class's warped share: the correction can still create it
 N_COND = 7
 IDX_CD, IDX_ZCUR, IDX_ZNEXT, IDX_PRESS, IDX_VS = 0, 1, 2, 3, 6

@@ -97,7 +97,7 @@ class Curve:
         if cd not in self.points:
             t0 = time.perf_counter()
             e = self.electrode  # the final frame only: the rollout keeps a ring of the last three
-            final = self.predictor.engine.rollouts([e["volume"]], [cd], [e["h0"]], series=False)[0].final
+            final = self.predictor.cases([e["volume"]], [cd], [e["h0"]], series=False)[0].final
             m = self.predictor.measure(final)["metrics"]
             p = {"cd_percent": cd, "porosity": m["porosity"], "thickness_um": m["thickness_um"],
                  "stage": self.stage, "cd_extrapolated": self.predictor.extrapolated(cd)}

@@ -1,8 +1,11 @@
-"""calbatch's rollout engine: a model loaded once, then free rollouts of many cases in batches,
-each step's voxel work done by the C++ core in place (see :mod:`calbatch.surrogate.engine`), on ONNX
-Runtime's CPU (the default) or, where installed, an NVIDIA GPU (:mod:`calbatch.surrogate.backends.ort`)."""
+"""calbatch's runtime: a model file's contract (:mod:`calbatch.surrogate.contract`), the decision
+rules, the one stepping loop (:mod:`calbatch.surrogate.step`: a model loaded once, then rollouts of
+many cases in batches, each step's voxel work done by the C++ core in place) on ONNX Runtime's CPU
+(the default) or, where installed, an NVIDIA GPU (:mod:`calbatch.surrogate.backends`), and its
+public face, :class:`Predictor`."""
 
-from .backends.ort import BACKENDS
-from .engine import Case, Engine
+from .backends import BACKENDS
+from .predictor import Predictor
+from .step import Case
 
-__all__ = ["BACKENDS", "Case", "Engine"]
+__all__ = ["BACKENDS", "Case", "Predictor"]

@@ -1,10 +1,8 @@
-"""Load a calbatch model once, then roll out and measure any number of (structure, CD) cases with
-no reload and no file I/O per call: the Python API for optimisation loops, and the screen's worker.
-
-The rollouts run on :class:`calbatch.surrogate.Engine` (the C++ core steps the whole batch in place),
-whose frames equal :func:`calbatch.surrogate.rollout.rollout`'s plain Python loop bit for bit at batch size
-1 (tests/test_engine.py and tests/test_screen.py hold it to that). Several cases on one grid can
-share each network call (``batch_size``).
+"""The public runtime: :class:`Predictor` loads a calbatch model once, then rolls out and measures
+any number of (structure, CD) cases with no reload and no file I/O per call -- the Python API for
+optimisation loops, and the screen's worker. It is the stepping loop (:class:`calbatch.surrogate.step.Stepper`:
+several cases on one grid can share each network call, ``batch_size``) with series, final
+structures, metrics and the Fick solve on top.
 """
 
 from __future__ import annotations
@@ -18,13 +16,11 @@ import numpy as np
 from ..data import shipped_model_path
 from ..electrode.volume import validate
 from ..errors import CalbatchError
-from ..model.export import load_onnx
-from . import Case, Engine
-from .rollout import check_input, electrode_top
 from .rules import DEFAULT_RULE
+from .step import Case, Stepper, electrode_top
 
 
-def shipped_model(option: str = "the model argument") -> Path:
+def shipped_model(option: str = "the model parameter") -> Path:
     """The shipped model's path, or a one-line error naming ``option`` when there is none yet."""
     path = shipped_model_path()
     if not path.is_file():
@@ -32,10 +28,11 @@ def shipped_model(option: str = "the model argument") -> Path:
     return path
 
 
-class Predictor:
+class Predictor(Stepper):
     """A calbatch ONNX model held open (metadata checked once), with :meth:`rollout` (a series, as
     :func:`calbatch.surrogate.rollout.rollout`) and :meth:`predict` (final structure, metrics, optionally the
-    series and the Fick solve) for one or many cases.
+    series and the Fick solve) for one or many cases; :meth:`start`, :meth:`run` and :meth:`series`
+    step cases by hand.
 
     ``model``: the ONNX file (default: the shipped model); ``rule``: the decision rule
     (:data:`calbatch.surrogate.rules.RULES`); ``voxel_size``: um (default: the model's); ``threads``:
@@ -46,42 +43,34 @@ class Predictor:
 
     def __init__(self, model: str | Path | None = None, rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1, backend: str = "cpu"):
-        self.model_path = Path(model) if model is not None else shipped_model("Predictor(model=...)")
-        self.engine = Engine(self.model_path, backend=backend, rule=rule, voxel_size=voxel_size, threads=threads,
-                             batch_size=batch_size, opened=load_onnx(self.model_path, threads))
-        e = self.engine
-        self.session, self.meta, self.rule, self.batch_size = e.session, e.meta, e.rule, e.batch_size
-        self.model_voxel_size, self.voxel_size, self.cd_range = e.model_voxel_size, e.voxel_size, e.cd_range
-        self.speed, self.frame_interval_us, self.dt = e.speed, e.frame_interval_us, e.dt
+        super().__init__(Path(model) if model is not None else shipped_model(), backend=backend, rule=rule,
+                         voxel_size=voxel_size, threads=threads, batch_size=batch_size)
 
-    # --- checks -------------------------------------------------------------------------------
-
-    def extrapolated(self, cd: float) -> bool:
-        """True when ``cd`` lies outside the CD range the model was trained on."""
-        return self.engine.extrapolated(cd)
+    @property
+    def cd_range(self) -> tuple[float, float]:
+        return self.model.cd_range
 
     def check(self, volume: np.ndarray, source: str = "start") -> tuple[np.ndarray, float]:
         """The validated volume and its top h0, or a one-line error (bad codes, grid, voxel size)."""
         volume = validate(volume, source)
         h0 = electrode_top(volume, self.voxel_size, source)
-        check_input(self.meta, self.model_path, volume.shape, self.voxel_size, h0)
+        self.model.check_input(volume.shape, self.voxel_size, h0)
         return volume, h0
 
-    # --- the rollout loop (the screen's worker calls these three) -------------------------------
+    # --- the screen's worker steps cases by hand ------------------------------------------------
 
     def _start(self, start: np.ndarray, cd: float, h0: float | None, series: bool = True) -> Case:
-        return self.engine.start(start, cd, h0, series)
+        return self.start(start, cd, h0, series)
 
     def _run(self, cases: list[Case]) -> None:
-        """Step every case to its end, ``batch_size`` cases of one grid per network call."""
-        self.engine.run(cases)
+        self.run(cases)
 
     def _series(self, case: Case) -> dict:
-        return self.engine.series(case, source="calbatch screen")
+        return self.series(case, source="calbatch screen")
 
     def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:
         """Series dicts (:func:`calbatch.surrogate.rollout.rollout`'s keys) of many cases, batched."""
-        return [self._series(c) for c in self.engine.rollouts(starts, cds, h0s)]
+        return [self._series(c) for c in self.cases(starts, cds, h0s)]
 
     def rollout(self, start: np.ndarray, cd: float, h0: float | None = None) -> dict:
         """One case's series (``start``: one volume or its first three frames), as ``rollout()``."""
@@ -112,7 +101,7 @@ class Predictor:
         if len(vols) != len(values):
             raise CalbatchError(f"predict: {len(vols)} structures but {len(values)} CDs (give one, or as many)")
         t0 = time.perf_counter()
-        cases = self.engine.rollouts(vols, values, series=series)  # without the series: a ring of 3 frames
+        cases = self.cases(vols, values, series=series)  # without the series: a ring of 3 frames
         t_roll = (time.perf_counter() - t0) / max(len(cases), 1)
         results = []
         for cd, case in zip(values, cases):

@@ -16,19 +16,61 @@ Ties are broken by voxel index, so the result is deterministic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import _core
 from ..electrode.volume import AM, CBD, PORE, VOID
 from ..errors import CalbatchError
+from .contract import CLASS_CODES, CODE_TO_CLASS
 
-RULES = ("particles", "budget", "conserve", "expected", "argmax")
-DEFAULT_RULE = "particles"
-PLANNED_RULES = ("particles", "budget")  # the rules that take the phase budget's counts and top
 PARTICLE_SHIFTS = sorted(range(-6, 7), key=lambda s: (abs(s), s))  # slices a particle may move a step
 PARTICLE_NETWORK_WEIGHT = 1e-3  # the network's say over the moved particles' voxels
 PARTICLE_SPLIT_EROSION = 4  # voxels of erosion that part touching AM spheres (chosen on validation)
-CLASS_CODES = np.array([0, 1, 2, 4], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A decision rule: its ``name``; ``planned``: whether it takes the phase budget's counts and
+    top (else the first void is the press plus the model's wall overlap); ``core``: how the C++ core
+    decides a batch (None: the rule runs per case in numpy); ``lifts``: whether the frame is lifted
+    to the planned top after (:func:`reach_planned_top`); ``help``: one line for the CLI."""
+
+    name: str
+    planned: bool
+    core: _core.Decision | None
+    lifts: bool
+    help: str
+
+
+RULES = {r.name: r for r in (
+    Rule("particles", True, None, True, "particles moved whole as the network favours, to the AM/CBD counts and "
+         "top the model's phase budget plans (the default)"),
+    Rule("budget", True, _core.Decision.counts, True, "the planned counts and top, voxel by voxel"),
+    Rule("conserve", False, _core.Decision.conserve, False, "the previous frame's counts kept"),
+    Rule("expected", False, _core.Decision.counts, False, "the counts the model expects"),
+    Rule("argmax", False, _core.Decision.argmax, False, "the most probable class per voxel"),
+)}
+DEFAULT_RULE = "particles"
+NEAREST = Rule("nearest", False, _core.Decision.nearest, False, "the nearest code of a regressed output (paper models)")
+
+
+def rule_named(name: str, parameter: str = "rule") -> Rule:
+    """The rule called ``name``, or a one-line error naming ``parameter``."""
+    if name not in RULES:
+        raise CalbatchError(f"{parameter}: unknown rule {name!r} (one of {', '.join(RULES)})")
+    return RULES[name]
+
+
+def rules_help() -> str:
+    """The rules, one clause each, for a CLI help text."""
+    return "; ".join(f"{r.name}: {r.help}" for r in RULES.values())
+
+
+def nearest_codes(out: np.ndarray) -> np.ndarray:
+    """A regressed output's frame (paper models): the nearest class code per voxel, then the void rule."""
+    return void_rule(CLASS_CODES[np.argmin(np.abs(out[..., None] - CLASS_CODES), axis=-1)])
 
 
 def void_rule(codes: np.ndarray) -> np.ndarray:
@@ -57,34 +99,28 @@ def decide(scores: np.ndarray, previous: np.ndarray, rule: str = "conserve", fir
     from ``first_void`` up (above the press) are void whatever the scores; ``counts``: the (AM, CBD)
     voxel counts of the ``budget`` rule (:func:`calbatch.surrogate.budget.plan`). The C++ core does the
     work (``_core.decide``), bit for bit as the numpy reference ``calbatch.electrode._reference.decide``."""
-    if rule not in RULES:
-        raise CalbatchError(f"--decision: unknown rule {rule!r} (one of {', '.join(RULES)})")
+    r = rule_named(rule)
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     if scores.ndim != 4 or scores.shape[-1] != 4:
         raise CalbatchError(f"class scores: expected shape (nz, ny, nx, 4), got {scores.shape}")
     nz = scores.shape[0]
     fv = nz if first_void is None else int(min(max(first_void, 0), nz))
-    if rule == "argmax":
-        counts = None
-    elif rule == "conserve":
-        counts = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
-    elif rule in PLANNED_RULES:
+    if r.planned:
         if counts is None:
             raise CalbatchError(f"decision rule {rule}: no (AM, CBD) counts given")
         counts = int(counts[0]), int(counts[1])
-        if rule == "particles":
-            return reach_planned_top(scores, move_particles(scores, previous, fv, counts), fv, counts)
-    else:
+    elif r.core is _core.Decision.conserve:
+        counts = int(np.count_nonzero(previous == AM)), int(np.count_nonzero(previous == CBD))
+    elif r.core is _core.Decision.counts:
         counts = expected_counts(scores[:fv].reshape(-1, 4))
-    out = _core.decide(scores, fv, counts)
-    return reach_planned_top(scores, out, fv, counts) if rule == "budget" else out
+    else:
+        counts = None
+    out = move_particles(scores, previous, fv, counts) if r.core is None else _core.decide(scores, fv, counts)
+    return reach_planned_top(scores, out, fv, counts) if r.lifts else out
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:
     return scores / np.maximum(scores.sum(axis=-1, keepdims=True), np.float32(1e-30))
-
-
-CODE_TO_CLASS = np.array([0, 1, 2, 3, 3], dtype=np.int64)  # phase code -> class index (void: 3)
 
 
 def decide_near(codes: np.ndarray, probs: np.ndarray, first_void: int, counts, weight: float = 1e-3) -> np.ndarray:

@@ -1,56 +1,22 @@
-"""Where the engine's network runs. Every backend takes one step's input window (b, nz, ny, nx, 3)
-uint8 and conditioning (b, 7) float32 on the host and returns the output (b, nz, ny, nx[, 4])
-float32 in a host buffer it owns (reused every step, so valid until its next call).
-
-- ``cpu``: ONNX Runtime's CPU provider, the session :func:`calbatch.model.export.load_onnx` opened; I/O
-  binding writes the output straight into the reused buffer (no allocation per step).
-- ``ort-cuda``, ``ort-tensorrt``: ONNX Runtime's CUDA / TensorRT execution providers (the
-  onnxruntime-gpu package); the window is copied into a device tensor bound to the session, the
-  output copied back into the host buffer. The TensorRT provider gets an optimisation profile for
-  batch 1 to ``batch_size`` on the grid and caches its engines on disk (:func:`cache_dir`).
-- ``tensorrt``: TensorRT itself (:mod:`calbatch.surrogate.backends.tensorrt`).
-
-The window and the decision run on the CPU (the C++ core), so a GPU step moves the window to the
-device and the scores back. A GPU backend that cannot start fails with one line naming what is
-missing; nothing here is imported by the CPU path beyond onnxruntime.
+"""The ONNX Runtime backends: ``cpu`` (the session :func:`calbatch.surrogate.contract.load_onnx`
+opened; I/O binding writes the output straight into the reused buffer, no allocation per step) and
+``ort-cuda``, ``ort-tensorrt`` (the onnxruntime-gpu package; the window is copied into a device
+tensor bound to the session, the output copied back into the host buffer; the TensorRT provider
+gets an optimisation profile for batch 1 to ``batch_size`` on the grid and caches its engines on
+disk, :func:`calbatch.surrogate.backends.cache_dir`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import CalbatchError
-from ...model.dataset import COND_NAMES
+from ..contract import COND_NAMES
+from . import cache_dir, output_shape
 
-BACKENDS = ("cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
 _PROVIDERS = {"ort-cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
-
-
-def cache_dir(kind: str) -> Path:
-    """The folder of compiled GPU engines: $CALBATCH_CACHE/<kind>, default ~/.cache/calbatch/<kind>."""
-    root = os.environ.get("CALBATCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "calbatch")
-    return Path(root) / kind
-
-
-def output_shape(b: int, grid: tuple, channels: int) -> tuple:
-    """The network output of ``b`` cases on ``grid``: class scores (channels 4) or codes (0)."""
-    return (b, *grid, channels) if channels else (b, *grid)
-
-
-def open_backend(name: str, path: Path, session, threads: int | None, batch_size: int, channels: int):
-    """The backend ``name`` for the model file ``path`` (``session``: its CPU session, open)."""
-    if name == "cpu":
-        return OrtBackend(name, lambda grid: session, channels, batch_size)
-    if name in _PROVIDERS:
-        return OrtBackend(name, _gpu_sessions(name, path, threads, batch_size), channels, batch_size)
-    if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
-
-        return TensorRTBackend(path, batch_size, channels)
-    raise CalbatchError(f"--backend {name!r}: unknown (one of {', '.join(BACKENDS)})")
 
 
 class OrtBackend:
@@ -61,6 +27,12 @@ class OrtBackend:
         self.name, self._session_for, self.channels, self.batch_size = name, session_for, channels, batch_size
         self.device = "cpu" if name == "cpu" else "cuda"
         self._grids: dict[tuple, dict] = {}  # per grid: session, output buffer, bindings per batch size
+
+    @classmethod
+    def open(cls, name: str, path: Path, session, threads: int | None, batch_size: int, channels: int) -> OrtBackend:
+        if name == "cpu":
+            return cls(name, lambda grid: session, channels, batch_size)
+        return cls(name, _gpu_sessions(name, path, threads, batch_size), channels, batch_size)
 
     def _state(self, grid: tuple) -> dict:
         if grid not in self._grids:
@@ -110,7 +82,7 @@ def _gpu_sessions(name: str, path: Path, threads: int | None, batch_size: int):
     if provider not in available:
         what = "onnxruntime-gpu is not installed" if "CUDAExecutionProvider" not in available else \
             "this onnxruntime-gpu has no TensorRT provider"
-        raise CalbatchError(f"--backend {name}: {what} (onnxruntime {ort.__version__} offers {', '.join(available)})")
+        raise CalbatchError(f"backend {name}: {what} (onnxruntime {ort.__version__} offers {', '.join(available)})")
 
     def options(grid) -> list:
         cuda = ("CUDAExecutionProvider", {"device_id": 0})
@@ -133,10 +105,10 @@ def _gpu_sessions(name: str, path: Path, threads: int | None, batch_size: int):
         try:
             session = ort.InferenceSession(str(path), opts, providers=options(grid))
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise CalbatchError(f"--backend {name}: ONNX Runtime could not open {path} on the GPU "
+            raise CalbatchError(f"backend {name}: ONNX Runtime could not open {path} on the GPU "
                                 f"({str(exc).splitlines()[0][:160]})") from None
         if session.get_providers()[0] != provider:
-            raise CalbatchError(f"--backend {name}: ONNX Runtime could not start {provider} "
+            raise CalbatchError(f"backend {name}: ONNX Runtime could not start {provider} "
                                 "(no NVIDIA GPU, or its CUDA/cuDNN/TensorRT libraries are missing)")
         return session
 

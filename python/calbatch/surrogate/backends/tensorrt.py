@@ -1,7 +1,7 @@
 """The engine's ``tensorrt`` backend: TensorRT itself, no ONNX Runtime in the step.
 
 Per grid, a TensorRT engine is built from the ONNX file with one optimisation profile (batch 1 to
-``batch_size``) and cached on disk (:func:`calbatch.surrogate.backends.ort.cache_dir`), keyed by the
+``batch_size``) and cached on disk (:func:`calbatch.surrogate.backends.cache_dir`), keyed by the
 model file's hash, the TensorRT version, the GPU's name, the batch size and the grid; the network
 is created strongly typed where TensorRT offers it (TensorRT 10+; 11 has only that), so it runs in
 the ONNX file's precision (an FP16 model comes from an FP16 ONNX file, not a builder flag). Device
@@ -19,29 +19,33 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CalbatchError
-from ...model.dataset import COND_NAMES
-from .ort import cache_dir, output_shape
+from ..contract import COND_NAMES
+from . import cache_dir, output_shape
 
 
 def _require():
     try:
         import tensorrt as trt
     except ImportError:
-        raise CalbatchError("--backend tensorrt: the tensorrt package is not installed") from None
+        raise CalbatchError("backend tensorrt: the tensorrt package is not installed") from None
     try:
         import cupy as cp
     except ImportError:
-        raise CalbatchError("--backend tensorrt: cupy is not installed (it holds TensorRT's device buffers)") from None
+        raise CalbatchError("backend tensorrt: cupy is not installed (it holds TensorRT's device buffers)") from None
     try:
         if cp.cuda.runtime.getDeviceCount() < 1:
-            raise CalbatchError("--backend tensorrt: no CUDA GPU found")
+            raise CalbatchError("backend tensorrt: no CUDA GPU found")
     except cp.cuda.runtime.CUDARuntimeError as exc:
-        raise CalbatchError(f"--backend tensorrt: no usable CUDA GPU ({exc})") from None
+        raise CalbatchError(f"backend tensorrt: no usable CUDA GPU ({exc})") from None
     return trt, cp
 
 
 class TensorRTBackend:
     name, device = "tensorrt", "cuda"
+
+    @classmethod
+    def open(cls, name: str, path: Path, session, threads: int | None, batch_size: int, channels: int) -> TensorRTBackend:
+        return cls(path, batch_size, channels)
 
     def __init__(self, path: Path, batch_size: int, channels: int):
         self.trt, self.cp = _require()
@@ -71,7 +75,7 @@ class TensorRTBackend:
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(self.path)):
             first = parser.get_error(0).desc() if parser.num_errors else "unknown error"
-            raise CalbatchError(f"--backend tensorrt: TensorRT cannot parse {self.path} ({first})")
+            raise CalbatchError(f"backend tensorrt: TensorRT cannot parse {self.path} ({first})")
         config = builder.create_builder_config()
         profile = builder.create_optimization_profile()
         b = self.batch_size
@@ -80,7 +84,7 @@ class TensorRTBackend:
         config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise CalbatchError(f"--backend tensorrt: TensorRT could not build an engine of {self.path} for grid {list(grid)}")
+            raise CalbatchError(f"backend tensorrt: TensorRT could not build an engine of {self.path} for grid {list(grid)}")
         return bytes(serialized)
 
     def _state(self, grid: tuple) -> dict:
@@ -99,7 +103,7 @@ class TensorRTBackend:
         runtime = self.trt.Runtime(self.logger)  # kept with its engine: the engine must not outlive it
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise CalbatchError(f"--backend tensorrt: the cached engine {file} does not load; delete it to rebuild")
+            raise CalbatchError(f"backend tensorrt: the cached engine {file} does not load; delete it to rebuild")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         outputs = [n for n in names if engine.get_tensor_mode(n) == self.trt.TensorIOMode.OUTPUT]
         cp, b = self.cp, self.batch_size
@@ -123,7 +127,7 @@ class TensorRTBackend:
         ctx.set_tensor_address("cond", s["cond"].data.ptr)
         ctx.set_tensor_address(s["output"], s["out"].data.ptr)
         if not ctx.execute_async_v3(stream.ptr):
-            raise CalbatchError("--backend tensorrt: TensorRT failed to run the network")
+            raise CalbatchError("backend tensorrt: TensorRT failed to run the network")
         host = s["host"][:b]
         s["out"][:b].get(stream=stream, out=host)
         stream.synchronize()
