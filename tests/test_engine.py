@@ -267,6 +267,16 @@ def test_cases_are_checked_against_the_model(models):
         engine.series(engine.cases([random_volume(GRID)], [30], series=False)[0])
 
 
+def test_predictor_is_imported_from_calbatch_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, calbatch; assert 'onnxruntime' not in sys.modules; from calbatch import Predictor; "
+            "from calbatch.surrogate.predictor import Predictor as P; assert Predictor is P")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_core_refuses_bad_buffers():
     from calbatch import _core
 

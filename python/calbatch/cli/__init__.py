@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from .. import __version__
@@ -42,8 +43,24 @@ INSTALL_HINTS = {
 }
 
 
+# Library errors name parameters; where a parameter's flag is named otherwise, its destination.
+_DESTS = {"rule": "decision", "kind": "model"}
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (printed by one rank) instead of usage + error."""
+    """argparse with a one-line error (printed by one rank) instead of usage + error; it records
+    its flags by destination (``flags``, a default of the parsed command) for :func:`flag_names`."""
+
+    def __init__(self, *a, **kw):
+        self.flags: dict[str, str] = {}
+        super().__init__(*a, **kw)
+        self.set_defaults(flags=self.flags)
+
+    def add_argument(self, *names, **kw):
+        action = super().add_argument(*names, **kw)
+        if action.option_strings:
+            self.flags[action.dest] = action.option_strings[0]
+        return action
 
     def error(self, message: str) -> None:  # type: ignore[override]
         if is_root():
@@ -58,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"calbatch.cli.{name}").add_cli(sub)
     return parser
+
+
+def flag_names(message: str, flags: dict) -> str:
+    """``message`` with its leading parameter name (``rule: ...``, ``backend 'x': ...``) turned into
+    the command's flag for it, where the command has one."""
+    m = re.match(r"(\w+)(?=[: ])", message)
+    flag = flags.get(_DESTS.get(m.group(1), m.group(1))) if m else None
+    return flag + message[m.end():] if flag else message
 
 
 def _fail(command: str, message: str, code: int = 2) -> int:
@@ -75,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except CalbatchError as exc:
-        return _fail(args.command, str(exc), exc.exit_code)
+        return _fail(args.command, flag_names(str(exc), getattr(args, "flags", {})), exc.exit_code)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in INSTALL_HINTS:
             return _fail(args.command, INSTALL_HINTS[exc.name.split(".")[0]])

@@ -37,7 +37,8 @@ def _dem_options(q) -> None:
 def _calender_options(q) -> None:
     q.add_argument("--speed", type=finite(), default=DEFAULT_SPEED, help=f"press speed in m/s (default {DEFAULT_SPEED:g})")
     q.add_argument("--frame-interval", type=finite(), default=None,
-                   help="simulated time between frames in us (default: 1 um of press travel, 20 us at 0.05 m/s)")
+                   help=f"simulated time between frames in us (default: 1 um of press travel, {1 / DEFAULT_SPEED:g} us "
+                        f"at {DEFAULT_SPEED:g} m/s)")
 
 
 def _pack_options(q) -> None:

@@ -182,15 +182,18 @@ def _tune(args) -> None:
 
 def _training_parser(subparsers, name: str, help: str, out_help: str):
     """The parser of a command that trains on DEM series (train, tune): the series, --out, --model."""
+    from ..surrogate.contract import Kind
+
     p = subparsers.add_parser(name, help=help)
     p.add_argument("series", nargs="+", help="series files with voxel frames (.h5)")
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--model", choices=("calbatch", "paper"), default="calbatch", help="model kind (default calbatch)")
+    p.add_argument("--model", choices=[k.value for k in Kind], default=Kind.CALBATCH.value,
+                   help=f"model kind (default {Kind.CALBATCH.value})")
     return p
 
 
 def add_cli(subparsers) -> None:
-    from ..surrogate.rules import DEFAULT_RULE, RULES
+    from ..surrogate.rules import DEFAULT_RULE, RULES, rules_help
 
     p = _training_parser(subparsers, "train", "train a frame model on DEM series (checkpoints, resume, early stop)",
                          "run folder (checkpoints, run.json, state.json)")
@@ -233,10 +236,7 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run=_export)
 
     def rollout_common(q):
-        q.add_argument("--decision", choices=RULES, default=DEFAULT_RULE,
-                       help="scores -> phases: particles (the default: particles moved whole as the network "
-                            "favours, to the AM/CBD counts and top the model's phase budget plans), budget (the "
-                            "planned counts and top, voxel by voxel), conserve (counts kept), expected or argmax")
+        q.add_argument("--decision", choices=list(RULES), default=DEFAULT_RULE, help="scores -> phases: " + rules_help())
         q.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
         q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -101,7 +101,7 @@ def parse_split(text: str) -> dict:
             else:
                 electrodes.append(int(part))
     except ValueError:
-        raise CalbatchError(f"--test-split: expected e.g. '4;1:45;2:35;3:25,45', got {text!r}") from None
+        raise CalbatchError(f"test_split: expected e.g. '4;1:45;2:35;3:25,45', got {text!r}") from None
     return {"electrodes": tuple(electrodes), "cases": cases}
 
 
@@ -111,7 +111,7 @@ def split(infos: list[SeriesInfo], test: dict | None = None, val_fraction: float
     (at least one series when the fraction is positive and two or more remain)."""
     test = PAPER_TEST if test is None else test
     if not 0 <= val_fraction < 1:
-        raise CalbatchError(f"--val-fraction: must be in [0, 1), got {val_fraction:g}")
+        raise CalbatchError(f"val_fraction: must be in [0, 1), got {val_fraction:g}")
 
     def is_test(s: SeriesInfo) -> bool:
         cds = test.get("cases", {}).get(s.electrode, ())
@@ -129,7 +129,7 @@ def split(infos: list[SeriesInfo], test: dict | None = None, val_fraction: float
 def window_indices(infos: list[SeriesInfo], horizon: int = 1) -> list[tuple[int, int]]:
     """Every (series index, current frame t) whose ``horizon`` targets exist: t = 0 .. F-1-horizon."""
     if horizon < 1:
-        raise CalbatchError(f"--horizon: must be at least 1, got {horizon}")
+        raise CalbatchError(f"horizon: must be at least 1, got {horizon}")
     return [(i, t) for i, s in enumerate(infos) for t in range(s.n_frames - horizon)]
 
 
@@ -173,9 +173,9 @@ class WindowStream:
             raise CalbatchError("dataset: no series in this split")
         shapes = {s.shape for s in infos}
         if crop is None and len(shapes) > 1:
-            raise CalbatchError(f"dataset: series of different grids {sorted(shapes)} need --crop")
+            raise CalbatchError(f"dataset: series of different grids {sorted(shapes)} need a crop")
         if crop is not None and any(c > min(min(s.shape[1:]) for s in infos) or c < 1 for c in crop):
-            raise CalbatchError(f"--crop {crop}: must be between 1 and the smallest x/y size")
+            raise CalbatchError(f"crop {crop}: must be between 1 and the smallest x/y size")
         self.infos, self.horizon, self.crop = infos, horizon, crop
         self.shuffle, self.max_windows = shuffle, max_windows
         self.index = window_indices(infos, horizon)

@@ -39,7 +39,7 @@ def metadata(run: dict, porosity: dict | None = None) -> dict:
     (:mod:`calbatch.surrogate.budget`) included; ``porosity``: :func:`training_porosity` (left out when None)."""
     from .. import __version__
 
-    kind = Kind.of(run["kind"])
+    kind = Kind.of(run["kind"], "run.json: kind")
     factor = 1 if kind.fixed_grid else int(run["config"].get("factor", 4))
     return {
         "format": MODEL_FORMAT, "calbatch_version": __version__, "kind": kind.value,
@@ -68,8 +68,8 @@ def export(model, run: dict, out: Path, opset: int = DEFAULT_OPSET, check_grid=N
     import tf2onnx
 
     if opset < 17:
-        raise CalbatchError(f"--opset: must be 17 or newer, got {opset}")
-    kind = Kind.of(run["kind"])
+        raise CalbatchError(f"opset: must be 17 or newer, got {opset}")
+    kind = Kind.of(run["kind"], "run.json: kind")
     grid = tuple(run["grid_zyx"]) if kind.fixed_grid else (None, None, None)
     sig = (tf.TensorSpec((None, *grid, 3), tf.uint8, name="frames"),
            tf.TensorSpec((None, len(COND_NAMES)), tf.float32, name="cond"))

@@ -106,10 +106,6 @@ def build_paper(grid: tuple[int, int, int], filters: int = 16, dense: int = 150,
 
 def build(kind: str, **config) -> keras.Model:
     """A model by kind (``calbatch`` or ``paper``) and its hyper-parameters."""
-    from ..errors import CalbatchError
+    from ..surrogate.contract import Kind
 
-    if kind == "calbatch":
-        return build_calbatch(**config)
-    if kind == "paper":
-        return build_paper(**config)
-    raise CalbatchError(f"--model: unknown kind {kind!r} (calbatch or paper)")
+    return (build_calbatch if Kind.of(kind) is Kind.CALBATCH else build_paper)(**config)

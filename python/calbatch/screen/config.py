@@ -9,11 +9,11 @@ electrodes:                        # files, globs (file.h5:/dataset allowed), or
 cds: [20, 30, {from: 35, to: 50, step: 2.5}]   # percent; a range includes both ends
 fick: {enabled: true, cbd_diffusivity: 0.354, tolerance: 1.0e-4, ranks_per_case: 1}
 keep: {final_volumes: false, series: false}
-decision: particles                # particles | budget | conserve | expected | argmax
+decision: particles                # a decision rule (calbatch rollout --help lists them)
 voxel_size: 0.4                    # um; default: the model's
 batch_size: 1                      # cases sharing one network call
 threads: 0                         # ONNX Runtime threads per rank; 0: its default
-backend: cpu                       # cpu | ort-cuda | ort-tensorrt | tensorrt (calbatch.surrogate.backends.ort)
+backend: cpu                       # where the network runs (calbatch.surrogate.backends)
 ```
 
 Relative paths are taken from the cases file's folder. Cases are electrodes x CDs, with stable ids
@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, V
 
 from ..common.yamlconfig import check_tree, read_yaml, validation_error, walk, where
 from ..errors import CalbatchError
+from ..surrogate.backends import BACKENDS
+from ..surrogate.rules import DEFAULT_RULE, RULES
 
 MAX_CASES = 1_000_000
 Number = Annotated[float, Strict()]  # 20 or 20.5; not "20", not true
@@ -85,11 +87,11 @@ class CasesFile(_Strict):
     cds: Annotated[list[CdItem], Field(min_length=1)]
     fick: Fick = Fick()
     keep: Keep = Keep()
-    decision: Literal["particles", "budget", "conserve", "expected", "argmax"] = "particles"
+    decision: Literal[tuple(RULES)] = DEFAULT_RULE
     voxel_size: Annotated[Number, Field(gt=0)] | None = None
     batch_size: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     threads: Annotated[int, Strict(), Field(ge=0, le=1024)] = 0
-    backend: Literal["cpu", "ort-cuda", "ort-tensorrt", "tensorrt"] = "cpu"  # calbatch.surrogate.BACKENDS
+    backend: Literal[BACKENDS] = BACKENDS[0]
 
 
 # keys allowed in each mapping, by the path of that mapping (ints as the item marker)

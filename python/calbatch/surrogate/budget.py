@@ -189,7 +189,7 @@ def from_meta(meta: dict, path) -> dict:
     """The budget stored in a model's metadata (``phase_budget``), checked."""
     if "phase_budget" not in meta:
         raise CalbatchError(f"{path}: the model has no phase budget (exported before calbatch stored one); "
-                            "re-export it or choose --decision conserve")
+                            "re-export it or choose the rule conserve")
     try:
         budget = json.loads(meta["phase_budget"])
         assert budget["format"] == BUDGET_FORMAT
