@@ -201,7 +201,7 @@ def test_real_network_equals_rollout_bit_for_bit(tmp_path):
 
 
 def test_predict_one_and_many_without_reload(models, monkeypatch):
-    import calbatch.surrogate.predictor as mod
+    import calbatch.surrogate.step as mod
     from calbatch.screen import Predictor
 
     p = Predictor(models["tiny"])
