@@ -76,7 +76,8 @@ py::tuple neighbour_pairs_batch(const py::list& centres, const py::object& radii
     std::vector<int64_t> n(nb), first(nb + 1, 0);
     for (int64_t b = 0; b < nb; ++b) {
         xs.push_back(centres[static_cast<size_t>(b)].cast<F64Array>());
-        py::object rb = radii.is_none() ? py::none() : radii.cast<py::list>()[static_cast<size_t>(b)];
+        py::object rb = py::none();
+        if (!radii.is_none()) rb = radii.cast<py::list>()[static_cast<size_t>(b)];
         n[b] = checked_case(xs[b], rb, boxes.at(b, 0), boxes.at(b, 1), cutoff, "case " + std::to_string(b));
         rs.push_back(rb.is_none() ? F64Array() : rb.cast<F64Array>());
         first[b + 1] = first[b] + n[b];
@@ -100,15 +101,16 @@ py::tuple neighbour_pairs_batch(const py::list& centres, const py::object& radii
     return py::make_tuple(out[0], out[1], to_numpy(counts, {nb}));
 }
 
-py::tuple sphere_decomposition(const U8Array& volume, double min_gain, int64_t min_r2) {
+py::tuple sphere_decomposition(const U8Array& volume, double min_gain, int64_t min_r2, double penalty, double grow) {
     if (volume.ndim() != 3) throw std::invalid_argument("volume must be a 3-D array");
     calbatch::SphereSet s;
     {
         py::gil_scoped_release release;
-        s = calbatch::decompose(volume.data(), volume.shape(0), volume.shape(1), volume.shape(2), min_gain, min_r2);
+        s = calbatch::decompose(volume.data(), volume.shape(0), volume.shape(1), volume.shape(2),
+                                calbatch::CoverSettings{min_gain, min_r2, penalty, grow});
     }
-    const auto k = static_cast<py::ssize_t>(s.r2.size());
-    return py::make_tuple(to_numpy(s.centres, {k, 3}), to_numpy(s.r2, {k}), to_numpy(s.phases, {k}));
+    const auto k = static_cast<py::ssize_t>(s.radii.size());
+    return py::make_tuple(to_numpy(s.centres, {k, 3}), to_numpy(s.radii, {k}), to_numpy(s.phases, {k}));
 }
 
 py::tuple project_overlaps(const F64Array& x, const F64Array& radii, const U8Array& phases, double lx, double ly,
@@ -142,8 +144,11 @@ void bind_particles(py::module_& m) {
           "neighbour_pairs over a list of cases (in parallel), particles numbered across the batch:"
           " (ij, delta, pairs per case).");
     m.def("sphere_decomposition", &sphere_decomposition, py::arg("volume"), py::arg("min_gain"), py::arg("min_r2"),
-          "Spheres whose voxelization paints a [z][y][x] electrode's AM and CBD: (centres (k, 3) in voxels,"
-          " squared radii r2 (k,) painting integer offsets < r2, phases (k,)).");
+          py::arg("penalty"), py::arg("grow"),
+          "Spheres whose voxelization paints a [z][y][x] electrode's AM and CBD: (centres (k, 3), radii (k,),"
+          " both in voxels, phases (k,)); a ball is taken if it paints min_gain of its phase's voxels anew, none"
+          " below squared radius min_r2; candidates are refined off the grid to maximize their phase's voxels"
+          " minus penalty per foreign voxel, growing up to `grow` voxels beyond the distance transform.");
     m.def("project_overlaps", &project_overlaps, py::arg("centres"), py::arg("radii"), py::arg("phases"),
           py::arg("lx"), py::arg("ly"), py::arg("press_z"), py::arg("tolerance"), py::arg("iterations"),
           "Jacobi sweeps pushing apart overlaps above tolerance[phase_i][phase_j], walls at z = 0 and press_z"

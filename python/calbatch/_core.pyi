@@ -54,7 +54,7 @@ def neighbour_pairs_batch(
     cutoff: float,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
 def sphere_decomposition(
-    volume: npt.NDArray[np.uint8], min_gain: float, min_r2: int, spill: float, grow: float
+    volume: npt.NDArray[np.uint8], min_gain: float, min_r2: int, penalty: float, grow: float
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]: ...
 def project_overlaps(
     centres: npt.NDArray[np.float64],

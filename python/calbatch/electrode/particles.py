@@ -123,9 +123,11 @@ def _from_dem(data: dict, positions, source: str, voxel_size: float | None) -> P
                    ("/particles/positions", "/particles/radii", "/particles/phases"))
 
 
-# The greedy cover's settings (calbatch/spheres.hpp): a candidate ball is taken if it paints a fifth
-# of its phase's voxels anew; none smaller than sqrt(2) voxels in radius.
-MIN_GAIN, MIN_R2 = 0.2, 2
+# The greedy cover's settings (calbatch/spheres.hpp), chosen on the default dataset's frames: a ball
+# is taken if it paints a fifth of its phase's voxels anew, none below sqrt(2) voxels in radius; a
+# candidate refined off the grid weighs each foreign voxel it paints as two of its own and grows at
+# most 1.5 voxels beyond the distance transform.
+MIN_GAIN, MIN_R2, PENALTY, GROW = 0.2, 2, 2.0, 1.5
 
 
 def decompose(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, source: str = "volume") -> Particles:
@@ -134,10 +136,9 @@ def decompose(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, sou
     volume = validate(volume, source)
     if not voxel_size > 0:
         raise CalbatchError(f"{source}: voxel size {voxel_size} must be positive")
-    centres, r2, phases = _core.sphere_decomposition(volume, MIN_GAIN, MIN_R2, 0.0, 0.0)
-    # A ball paints the integer offsets below r2; half a voxel^2 less keeps float rounding off the edge.
+    centres, radii, phases = _core.sphere_decomposition(volume, MIN_GAIN, MIN_R2, PENALTY, GROW)
     nz, ny, nx = volume.shape
-    p = Particles(centres * voxel_size, np.sqrt(r2 - 0.5) * voxel_size, phases, (nx * voxel_size, ny * voxel_size),
+    p = Particles(centres * voxel_size, radii * voxel_size, phases, (nx * voxel_size, ny * voxel_size),
                   float(voxel_size), source)
     return replace(p, fidelity=fidelity(volume, p.voxelize(nz), voxel_size))
 
