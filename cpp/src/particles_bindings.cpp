@@ -48,21 +48,32 @@ int64_t checked_case(const F64Array& x, const py::object& radii, double lx, doub
     return n;
 }
 
-py::tuple pairs_to_numpy(const calbatch::Pairs& p) {
-    const auto m = static_cast<py::ssize_t>(p.ij.size() / 2);
-    return py::make_tuple(to_numpy(p.ij, {m, 2}), to_numpy(p.delta, {m, 3}));
+// Pairs of a batch's cases into numpy arrays, case b's indices shifted by first[b].
+py::tuple pairs_to_numpy(const calbatch::Pairs* cases, int64_t nb, const int64_t* first) {
+    py::ssize_t m = 0;
+    for (int64_t b = 0; b < nb; ++b) m += static_cast<py::ssize_t>(cases[b].ij.size() / 2);
+    py::array_t<int64_t> ij({m, py::ssize_t(2)});
+    py::array_t<double> delta({m, py::ssize_t(3)});
+    int64_t* pi = ij.mutable_data();
+    double* pd = delta.mutable_data();
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int64_t k : cases[b].ij) *pi++ = first[b] + k;
+        pd = std::copy(cases[b].delta.begin(), cases[b].delta.end(), pd);
+    }
+    return py::make_tuple(ij, delta);
 }
 
 py::tuple neighbour_pairs(const F64Array& x, const py::object& radii, double lx, double ly, double cutoff) {
     const int64_t n = checked_case(x, radii, lx, ly, cutoff, "neighbour_pairs");
     F64Array ra = radii.is_none() ? F64Array() : radii.cast<F64Array>();
     const double* r = radii.is_none() ? nullptr : ra.data();
-    calbatch::Pairs p;
+    thread_local calbatch::Pairs found;  // kept between calls, like the kernel's buffers
     {
         py::gil_scoped_release release;
-        calbatch::neighbour_pairs(x.data(), r, n, lx, ly, cutoff, 0, p);
+        calbatch::neighbour_pairs(x.data(), r, n, lx, ly, cutoff, found);
     }
-    return pairs_to_numpy(p);
+    const int64_t zero = 0;
+    return pairs_to_numpy(&found, 1, &zero);
 }
 
 // A batch: case b's particles are numbered from the sum of the earlier cases' counts.
@@ -74,30 +85,29 @@ py::tuple neighbour_pairs_batch(const py::list& centres, const py::object& radii
         throw std::invalid_argument("neighbour_pairs_batch: radii must hold one array per case");
     std::vector<F64Array> xs, rs;
     std::vector<int64_t> n(nb), first(nb + 1, 0);
+    const double* box = boxes.data();
     for (int64_t b = 0; b < nb; ++b) {
         xs.push_back(centres[static_cast<size_t>(b)].cast<F64Array>());
         py::object rb = py::none();
         if (!radii.is_none()) rb = radii.cast<py::list>()[static_cast<size_t>(b)];
-        n[b] = checked_case(xs[b], rb, boxes.at(b, 0), boxes.at(b, 1), cutoff, "case " + std::to_string(b));
+        n[b] = checked_case(xs[b], rb, box[2 * b], box[2 * b + 1], cutoff, "case " + std::to_string(b));
         rs.push_back(rb.is_none() ? F64Array() : rb.cast<F64Array>());
         first[b + 1] = first[b] + n[b];
     }
-    std::vector<calbatch::Pairs> found(nb);
+    thread_local std::vector<calbatch::Pairs> found;  // kept between calls
+    found.resize(std::max<size_t>(found.size(), nb));
+    calbatch::Pairs* slots = found.data();  // the OpenMP threads must see this thread's buffers, not their own
+    const bool with_radii = !radii.is_none();
     {
         py::gil_scoped_release release;
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t b = 0; b < nb; ++b)
-            calbatch::neighbour_pairs(xs[b].data(), radii.is_none() ? nullptr : rs[b].data(), n[b], boxes.at(b, 0),
-                                      boxes.at(b, 1), cutoff, first[b], found[b]);
+            calbatch::neighbour_pairs(xs[b].data(), with_radii ? rs[b].data() : nullptr, n[b], box[2 * b],
+                                      box[2 * b + 1], cutoff, slots[b]);
     }
-    calbatch::Pairs all;
     std::vector<int64_t> counts(nb);
-    for (int64_t b = 0; b < nb; ++b) {
-        counts[b] = static_cast<int64_t>(found[b].ij.size() / 2);
-        all.ij.insert(all.ij.end(), found[b].ij.begin(), found[b].ij.end());
-        all.delta.insert(all.delta.end(), found[b].delta.begin(), found[b].delta.end());
-    }
-    auto out = pairs_to_numpy(all);
+    for (int64_t b = 0; b < nb; ++b) counts[b] = static_cast<int64_t>(found[b].ij.size() / 2);
+    auto out = pairs_to_numpy(slots, nb, first.data());
     return py::make_tuple(out[0], out[1], to_numpy(counts, {nb}));
 }
 

@@ -53,8 +53,7 @@ inline Projected project_overlaps(double* x, const double* radii, const uint8_t*
     };
     walls();
     for (int it = 0; it < iterations; ++it) {
-        pairs.ij.clear(), pairs.delta.clear();
-        neighbour_pairs(x, radii, n, lx, ly, 0.0, 0, pairs);
+        neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
         const Projected p = overlap_excess(radii, phases, tol, pairs, excess);
         if (p.over == 0) break;
         std::fill(push.begin(), push.end(), 0.0);
@@ -76,8 +75,7 @@ inline Projected project_overlaps(double* x, const double* radii, const uint8_t*
                 for (int a = 0; a < 3; ++a) x[3 * i + a] += push[3 * i + a] / count[i];
         walls();
     }
-    pairs.ij.clear(), pairs.delta.clear();
-    neighbour_pairs(x, radii, n, lx, ly, 0.0, 0, pairs);
+    neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
     return overlap_excess(radii, phases, tol, pairs, excess);
 }
 
