@@ -104,8 +104,8 @@ struct CoverSettings {  // set by the caller (calbatch.electrode.particles)
 // without painting a foreign voxel (0 outside the phase); foreign(j): a voxel the phase must not
 // paint (it would change its code). Each candidate (a maximum of fit, largest first) is refined
 // off the voxel grid, since a voxel-centred ball misses part of a sphere's surface shell: its centre
-// moves by quarter, then eighth voxels (coordinate ascent, within half a voxel), its radius by
-// eighths, to maximize its phase's voxels painted minus cfg.penalty per foreign one. Voxels still
+// moves by 1/4, then 1/8, 1/16 and 1/32 voxel (coordinate ascent, within half a voxel), its radius
+// by 1/32, to maximize its phase's voxels painted minus cfg.penalty per foreign one. Voxels still
 // uncovered then get their own voxel-centred ball, which paints nothing foreign.
 template <typename Foreign>
 inline void decompose_phase(const uint8_t* vol, int64_t nz, int64_t ny, int64_t nx, uint8_t phase,
@@ -129,7 +129,7 @@ inline void decompose_phase(const uint8_t* vol, int64_t nz, int64_t ny, int64_t 
     struct Near { double dx, dy, dz, w; };
     std::vector<Near> near;
     std::vector<double> bins;
-    constexpr double kStep = 0.25, kBin = 0.125;
+    constexpr double kStep = 0.25, kBin = 1.0 / 32;
     auto refine = [&](int64_t i, double& bx, double& by, double& bz, double& br) {
         const int64_t z = i / plane, y = (i / nx) % ny, x = i % nx;
         const double r0 = std::sqrt((double)fit[i]), rmin = std::max(0.5, r0 - 1.0), rmax = r0 + cfg.grow;
@@ -170,7 +170,7 @@ inline void decompose_phase(const uint8_t* vol, int64_t nz, int64_t ny, int64_t 
         };
         double o[3] = {0, 0, 0}, r = r0;
         double best = score(0, 0, 0, r);
-        for (double stride : {kStep, kStep / 2})
+        for (double stride : {kStep, kStep / 2, kStep / 4, kStep / 8})
         for (bool moved = true; moved;) {
             moved = false;
             double step[3] = {0, 0, 0}, rs = r, top = best;
