@@ -1,4 +1,4 @@
-"""Type stubs of calbatch's C++ core (cpp/src/core.cpp)."""
+"""Type stubs of calbatch's C++ core (cpp/src/core.cpp and the bindings beside it)."""
 
 import enum
 
@@ -52,3 +52,25 @@ def rollout_advance(
     rule: Decision,
     counts: npt.NDArray[np.int64] | None = None,
 ) -> None: ...
+def neighbour_pairs(
+    centres: npt.NDArray[np.float64], radii: npt.NDArray[np.float64] | None, lx: float, ly: float, cutoff: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...
+def neighbour_pairs_batch(
+    centres: list[npt.NDArray[np.float64]],
+    radii: list[npt.NDArray[np.float64]] | None,
+    boxes: npt.NDArray[np.float64],
+    cutoff: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
+def sphere_decomposition(
+    volume: npt.NDArray[np.uint8], min_gain: float, min_r2: int, penalty: float, grow: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]: ...
+def project_overlaps(
+    centres: npt.NDArray[np.float64],
+    radii: npt.NDArray[np.float64],
+    phases: npt.NDArray[np.uint8],
+    lx: float,
+    ly: float,
+    press_z: float,
+    tolerance: npt.NDArray[np.float64],
+    iterations: int,
+) -> tuple[npt.NDArray[np.float64], float, int]: ...
