@@ -1,0 +1,206 @@
+"""Training the learned particle step (:mod:`calbatch.surrogate.particle_step`) on DEM particle files.
+
+The network is a graph network (encode, ``rounds`` of message passing over the pairs within the
+cutoff, decode) predicting every sphere's 3-D displacement beyond the press's affine squeeze. The
+inputs are noised (a random offset of every sphere, which the target then undoes), so the network
+learns to pull a drifted state back towards what the DEM does. Sums over a sphere's pairs are
+``tensor_scatter_nd_add`` (ONNX ScatterND with reduction add). Resumable: ``OUT/state.json`` and the
+last and best weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..electrode.particles import checked
+from ..electrode.series import atomic_text
+from ..errors import CalbatchError
+from ..surrogate.particle_step import EDGE_FEATURES, NODE_FEATURES, OUTPUT_SCALE_UM, graph
+
+
+@dataclass
+class ParticleOptions:
+    """What a particle-step training run is made of (one default each)."""
+
+    latent: int = 64
+    rounds: int = 2
+    noise_um: float = 0.03
+    batch: int = 4
+    lr: float = 1e-3
+    epochs: int = 60
+    seed: int = 0
+
+
+def load_particle_file(path: Path) -> dict:
+    """A DEM particle file as the training needs it: positions (frames, n, 3), radii, phases, press
+    heights and stages per frame, box and CD; the arrays checked as a particle state is."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            pos = f["particles/positions"][:].astype(np.float64)
+            radii, phases = f["particles/radii"][:], f["particles/phases"][:]
+            press, stage = f["press_z_um"][:].astype(np.float64), f["phase"][:].astype(str)
+            attrs = dict(f.attrs)
+    except (OSError, KeyError) as exc:
+        raise CalbatchError(f"{path}: not a DEM particle file ({exc})") from None
+    p = checked(pos[0], radii, phases, attrs["box_um"], float(attrs.get("voxel_size_um", 0.4)), str(path))
+    return {"pos": pos, "p": p, "press": press, "stage": stage, "cd": float(attrs["cd_percent"]),
+            "electrode": int(attrs["microstructure_id"]), "name": Path(path).stem}
+
+
+def windows(series: list[dict]) -> list[tuple[dict, int]]:
+    """Every transition (series, t) once: the series of one electrode share their press frames (the
+    same pack pressed at the same speed) down to their own lowest point, so the press steps come
+    from the electrode's deepest series only."""
+    deepest: dict[int, float] = {}
+    for s in series:
+        deepest[s["electrode"]] = max(deepest.get(s["electrode"], 0.0), s["cd"])
+    return [(s, t) for s in series for t in range(len(s["press"]) - 1)
+            if not (s["stage"][t + 1] == "press" and s["cd"] < deepest[s["electrode"]])]
+
+
+def sample(s: dict, t: int, rng: np.random.Generator, noise_um: float):
+    """One training graph: the features of frame ``t`` (noised) and the residual that reaches frame t + 1."""
+    centres = s["pos"][t] + (rng.normal(0.0, noise_um, s["pos"][t].shape) if noise_um > 0 else 0.0)
+    p = replace(s["p"], centres=centres)
+    press = s["press"]
+    node, edge, snd, rcv, prior = graph(p, press[t], press[t + 1], press[max(t - 1, 0)], s["stage"][t + 1], s["cd"])
+    delta = s["pos"][t + 1] - centres
+    delta[:, :2] -= np.asarray(p.box) * np.round(delta[:, :2] / np.asarray(p.box))  # minimum image
+    return node, edge, snd, rcv, (delta - prior).astype(np.float32)
+
+
+def batch(graphs: list[tuple]) -> tuple:
+    """Graphs joined into one, their node indices offset."""
+    offsets = np.cumsum([0] + [len(g[0]) for g in graphs[:-1]])
+    return (np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
+            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
+            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
+            np.concatenate([g[4] for g in graphs]))
+
+
+def build(opts: ParticleOptions):
+    """The Keras graph network: (node, edge, senders, receivers) -> residual displacement (n, 3) um."""
+    import tensorflow as tf
+
+    def mlp(out, name):
+        return tf.keras.Sequential([tf.keras.layers.Dense(opts.latent, activation="silu"),
+                                    tf.keras.layers.Dense(out)], name=name)
+
+    class GraphStep(tf.keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.enc_n, self.enc_e = mlp(opts.latent, "enc_n"), mlp(opts.latent, "enc_e")
+            self.msg = [mlp(opts.latent, f"msg{k}") for k in range(opts.rounds)]
+            self.upd = [mlp(opts.latent, f"upd{k}") for k in range(opts.rounds)]
+            self.dec = mlp(3, "dec")
+
+        def call(self, node, edge, snd, rcv):
+            h, e = self.enc_n(node), self.enc_e(edge)
+            for msg, upd in zip(self.msg, self.upd):
+                m = msg(tf.concat([e, tf.gather(h, snd), tf.gather(h, rcv)], 1))
+                e = e + m
+                agg = tf.tensor_scatter_nd_add(tf.zeros_like(h), rcv[:, None], m)
+                h = h + upd(tf.concat([h, agg], 1))
+            return self.dec(h) * OUTPUT_SCALE_UM
+
+    return GraphStep()
+
+
+def signature():
+    import tensorflow as tf
+
+    return (tf.TensorSpec([None, len(NODE_FEATURES)], tf.float32, name="node"),
+            tf.TensorSpec([None, len(EDGE_FEATURES)], tf.float32, name="edge"),
+            tf.TensorSpec([None], tf.int32, name="sender"), tf.TensorSpec([None], tf.int32, name="receiver"))
+
+
+def train(train_files: list[Path], val_files: list[Path], out: Path, opts: ParticleOptions, progress=None) -> dict:
+    """Train (or resume) into ``out``; returns the state (per-epoch train and validation loss, in
+    units of (0.5 um)^2, and the loss of the prior alone on validation)."""
+    import tensorflow as tf
+
+    out.mkdir(parents=True, exist_ok=True)
+    tf.keras.utils.set_random_seed(opts.seed)
+    tr = windows([load_particle_file(f) for f in train_files])
+    va = windows([load_particle_file(f) for f in val_files])
+    if not tr or not va:
+        raise CalbatchError("particle training: need at least one training and one validation series")
+    rng = np.random.default_rng(opts.seed)
+    val_batches = [batch([sample(s, t, rng, 0.0) for s, t in va[k:k + opts.batch]]) for k in range(0, len(va), opts.batch)]
+    model, opt = build(opts), tf.keras.optimizers.Adam(opts.lr)
+    model(*(tf.constant(x) for x in val_batches[0][:4]))
+    state_file = out / "state.json"
+    state = {"options": asdict(opts), "epoch": 0, "log": [], "best": None}
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state["options"] != asdict(opts):
+            raise CalbatchError(f"{out}: resumed with other options than {state_file} holds; start a new folder")
+        model.load_weights(out / "last.weights.h5")
+    spec = (*signature(), tf.TensorSpec([None, 3], tf.float32))
+
+    def loss_of(n, e, s, r, y):
+        return tf.reduce_mean(tf.square((model(n, e, s, r) - y) / OUTPUT_SCALE_UM))
+
+    @tf.function(input_signature=spec)
+    def train_step(n, e, s, r, y):
+        with tf.GradientTape() as tape:
+            loss = loss_of(n, e, s, r, y)
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    val_step = tf.function(loss_of, input_signature=spec)
+    prior_only = float(np.mean([np.mean(np.square(b[4] / OUTPUT_SCALE_UM)) for b in val_batches]))
+    for epoch in range(state["epoch"], opts.epochs):
+        start, erng = time.perf_counter(), np.random.default_rng(opts.seed * 1000 + epoch)
+        order, losses = erng.permutation(len(tr)), []
+        for k in range(0, len(order), opts.batch):
+            b = batch([sample(*tr[i], erng, opts.noise_um) for i in order[k:k + opts.batch]])
+            losses.append(float(train_step(*(tf.constant(x) for x in b))))
+        val = float(np.mean([float(val_step(*(tf.constant(x) for x in b))) for b in val_batches]))
+        model.save_weights(out / "last.weights.h5")
+        if state["best"] is None or val < state["best"]:
+            state["best"] = val
+            model.save_weights(out / "best.weights.h5")
+        state["epoch"] = epoch + 1
+        state["log"].append({"epoch": epoch + 1, "train": float(np.mean(losses)), "val": val,
+                             "val_prior_only": prior_only, "seconds": time.perf_counter() - start})
+        atomic_text(state_file, json.dumps(state, indent=1))
+        if progress is not None:
+            progress(state["log"][-1])
+    return state
+
+
+def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple) -> float:
+    """The best weights of ``out`` -> ONNX at ``onnx_path`` (metadata: kind ``particles``, features,
+    cutoff); returns the largest difference from Keras on ``example`` (node, edge, snd, rcv)."""
+    import onnx
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+
+    from ..surrogate.particle_step import CUTOFF_UM
+
+    model = build(opts)
+    model(*(tf.constant(x) for x in example))
+    model.load_weights(out / "best.weights.h5")
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda a, b, c, d: model(a, b, c, d)),
+                                             input_signature=signature(), opset=17)
+    meta = {"kind": "particles", "node_features": json.dumps(NODE_FEATURES), "edge_features": json.dumps(EDGE_FEATURES),
+            "cutoff_um": str(CUTOFF_UM), "options": json.dumps(asdict(opts))}
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
+    onnx.save(proto, tmp)
+    os.replace(tmp, onnx_path)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, example)))[0]
+    return float(np.max(np.abs(got - model(*(tf.constant(x) for x in example)).numpy())))
