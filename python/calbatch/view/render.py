@@ -63,10 +63,13 @@ def render(panels: list[Panel], out: Path, pore: bool = True, size: tuple[int, i
     voxels (else the solid phases only). Returns the path."""
     from PIL import Image
 
-    pv = _pyvista()
+    from .export import writable_folder
+
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise CalbatchError(f"--out {out}: expected a file name ending in .png")
+    writable_folder(out.parent)  # refused now, not after the rendering
+    pv = _pyvista()
     plotter = pv.Plotter(shape=(1, len(panels)), off_screen=True, window_size=(size[0] * len(panels), size[1]),
                          border=False)
     codes = (PORE, CBD, AM)
@@ -76,7 +79,7 @@ def render(panels: list[Panel], out: Path, pore: bool = True, size: tuple[int, i
         mesh = _voxel_mesh(pv, panel, pore) if panel.volume is not None else _particle_mesh(pv, panel)
         plotter.add_mesh(mesh, scalars="phase", cmap=cmap, clim=(-0.5, 2.5), n_colors=3, show_scalar_bar=False,
                          ambient=0.35, diffuse=0.75, smooth_shading=panel.volume is None)
-        plotter.add_text(panel.title, font_size=11, color="black", position="upper_edge")
+        plotter.add_text(panel.title, font_size=10, color="black", position="upper_edge")
         plotter.set_background("white")
         plotter.view_isometric()
     shown = [c for c in codes if pore or c != PORE]
@@ -89,7 +92,6 @@ def render(panels: list[Panel], out: Path, pore: bool = True, size: tuple[int, i
     plotter.close()
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(tmp, format="PNG")
         os.replace(tmp, out)
     except OSError as exc:
@@ -108,9 +110,9 @@ def frame_panel(source, frame: int, particles: bool = False, title: str | None =
     if particles:
         if not source.has_particles:
             raise CalbatchError(f"{source.name}: no particle frames (a rollout or a volume holds voxels only)")
-        return Panel(f"{label}\nframe {i}{t}, {len(source.radii)} particles", positions=source.positions[i],
+        return Panel(f"{label}, frame {i}\n{len(source.radii)} particles{t}", positions=source.positions[i],
                      radii=source.radii, phases=source.phases)
     volume = source.voxel_frame(i)
     solid = np.flatnonzero(((volume == AM) | (volume == CBD)).any(axis=(1, 2)))
     top = f", top {(solid[-1] + 1) * source.voxel_size:.1f} um" if solid.size else ""
-    return Panel(f"{label}\nframe {i}{t}{top}", volume=volume, voxel_size=source.voxel_size)
+    return Panel(f"{label}, frame {i}\nvoxels{t}{top}", volume=volume, voxel_size=source.voxel_size)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CalbatchError
 from ..electrode.volume import DEFAULT_VOXEL_SIZE_UM, read_volume, split_h5_path
+from ..errors import CalbatchError
 
 _SERIES, _PACK = "calbatch-dem-series", "calbatch-dem-pack"
+VOLUME_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5")
 
 
 @dataclass
@@ -61,12 +62,14 @@ class Source:
 
 
 def _label(attrs: dict, stem: str) -> str:
-    parts = [stem]
+    """``DEM`` or ``model NAME`` (else the file's name), then the electrode and the CD, as the file records them."""
+    head = f"model {attrs['model_file']}" if "model_file" in attrs else "DEM" if "liggghts_version" in attrs else stem
+    parts = []
     if "microstructure_id" in attrs and int(attrs["microstructure_id"]) >= 0:
         parts.append(f"electrode {int(attrs['microstructure_id'])}")
     if "cd_percent" in attrs:
         parts.append(f"CD {float(attrs['cd_percent']):g} %")
-    return ", ".join(parts)
+    return head + ("\n" + ", ".join(parts) if parts else "")
 
 
 def open_source(spec: str, voxel_size: float | None = None) -> Source:
@@ -106,6 +109,9 @@ def open_source(spec: str, voxel_size: float | None = None) -> Source:
                       voxels=None if volume is None else volume[np.newaxis], positions=p["positions"][np.newaxis],
                       radii=p["radii"], phases=p["phases"], box_xy=tuple(float(b) for b in a["box_um"]),
                       times_us=np.zeros(1), label=_label(a, stem) + ", uncalendered")
-    volume = read_volume(spec)  # refuses, in one line, whatever is not a volume
+    if Path(path).suffix.lower() not in VOLUME_SUFFIXES:
+        raise CalbatchError(f"{spec}: neither a calbatch series, particle file or pack nor a volume "
+                            f"({', '.join(VOLUME_SUFFIXES)} or file.h5:/dataset)")
+    volume = read_volume(spec)  # refuses, in one line, an .h5 or volume file it cannot read
     return Source(str(spec), DEFAULT_VOXEL_SIZE_UM if voxel_size is None else float(voxel_size),
                   voxels=volume[np.newaxis], label=stem)
