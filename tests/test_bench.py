@@ -166,6 +166,7 @@ def test_dl_vs_dem_end_to_end(tiny_pack):
     assert r["dl_backends"][0] == "cpu"  # every backend either timed or named with why it did not open
     assert set(r["dl_backends"]) | set(r["dl_backends_unavailable"]) == {"cpu", "ort-cuda", "ort-tensorrt", "tensorrt"}
     (case,) = r["cases"]
+    assert case["render"] == str(d / "bench_cd30.png") and (d / "bench_cd30.png").stat().st_size > 10_000
     assert set(case["timing"]["backends"]) == set(r["dl_backends"]) and case["timing"]["backends"]["cpu"]["same_frames"]
     from calbatch.electrode.series import read_series
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..view import side_by_side, unavailable
+
 # pass -> (label, matplotlib style) in every plot
 STYLES = {"free_from_frame0": ("model, free from frame 0", "tab:blue"),
           "free_from_3_frames": ("model, free from 3 frames", "tab:cyan"),
@@ -116,4 +118,16 @@ def plot_all(report: dict, slices: list[dict], out_dir: Path) -> list[str]:
         _slices_figure(plt, matplotlib, r, sl, paths[-1])
     paths.append(out_dir / "final_vs_cd.png")
     _cd_figure(plt, report, paths[-1])
+    if report["series"] and unavailable() is None:  # else the report says why it has no render
+        paths.append(out_dir / f"{stems[0]}_render.png")
+        _render_figure(report, report["series"][0], slices[0]["final"], paths[-1])
     return [str(p) for p in paths]
+
+
+def _render_figure(report: dict, r: dict, final: dict, path: Path) -> None:
+    """DEM against the free rollout from frame 0, the final frame of the first series, in 3-D."""
+    flag = ", extrapolated" if r["cd_extrapolated"] else ""
+    where = f"electrode {r['microstructure_id']}, CD {r['cd_percent']:g} %{flag}, final frame {r['frames'] - 1}"
+    side_by_side(path, [(f"DEM ({Path(r['series']).stem})\n{where}", final["dem"]),
+                        (f"model {Path(report['model']).name}, free rollout\n{where}", final["model"])],
+                 final["voxel_size"])

@@ -165,6 +165,7 @@ def evaluate_case(model: Path, sess, meta: dict, case: _Case, rule: str, threads
     slices = {"frames": picks, "dem": _slices(frames, picks), "free_from_frame0": _slices(preds["free_from_frame0"][0], picks)}
     if "twin" in preds:
         slices["twin"] = _slices(preds["twin"][0], picks)
+    slices["final"] = {"dem": frames[-1], "model": preds["free_from_frame0"][0][-1], "voxel_size": vs}  # the 3-D render
     return report, slices
 
 
@@ -232,5 +233,9 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
     if out is not None:
         from .plots import plot_all
 
+        from ..view import unavailable
+
         report["plots"] = plot_all(report, slices, Path(out))
+        if unavailable():
+            report["render_skipped"] = unavailable()
     return report

@@ -34,6 +34,19 @@ class Panel:
     phases: np.ndarray | None = None
 
 
+def unavailable() -> str | None:
+    """Why renders cannot be made here (VTK or pyvista missing), or None: reports skip their render then."""
+    import importlib.util
+
+    missing = [m for m in ("vtkmodules", "pyvista") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed (pip install 'calbatch[view]')" if missing else None
+
+
+def side_by_side(out: Path, frames: list[tuple[str, np.ndarray]], voxel_size: float, pore: bool = True) -> str:
+    """Voxel frames (title, volume) side by side in one PNG: DEM against model in the reports."""
+    return render([Panel(title, volume=v, voxel_size=voxel_size) for title, v in frames], out, pore=pore)
+
+
 def _pyvista():
     if not os.environ.get("DISPLAY"):  # headless: straight to EGL (VTK falls back to OSMesa itself)
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
