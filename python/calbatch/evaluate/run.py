@@ -143,6 +143,7 @@ def evaluate_case(model: Path, sess, meta: dict, case: _Case, rule: str, threads
     t0 = time.perf_counter()
     dem_states = [frame_state(f, vs) for f in frames]
     dem_final = final_state(frames[-1], vs, fick)
+    dem_initial = final_state(frames[0], vs, fick)  # the uncalendered electrode, CD 0 in the plots
     passes = {}
     for name, (pred, first) in preds.items():
         scores = per_frame(frames, pred, dem_states, vs, first)
@@ -157,7 +158,7 @@ def evaluate_case(model: Path, sess, meta: dict, case: _Case, rule: str, threads
               "timestep_us": float(a["timestep_us"]) if "timestep_us" in a else None,
               "twin": str(case.twin_path) if case.twin_path else None,
               "twin_timestep_us": float(case.twin["attrs"].get("timestep_us", np.nan)) if case.twin else None,
-              "dem": {"frames": dem_states, "final": dem_final}, "passes": passes,
+              "dem": {"frames": dem_states, "final": dem_final, "initial": dem_initial}, "passes": passes,
               "training_mean_porosity": (None if base is None else {"porosity": triple(base["mean"], dem_final["porosity"]),
                                                                     "training_series": base["n"]}),
               "timings": timing}
@@ -231,9 +232,8 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
               "decision_rule": rule, "fick": fick, "has_training_porosity": "training_final_porosity_by_cd" in meta,
               "summary": summarize(reports), "series": reports, "wall_time_s": time.perf_counter() - t0}
     if out is not None:
-        from .plots import plot_all
-
         from ..view import unavailable
+        from .plots import plot_all
 
         report["plots"] = plot_all(report, slices, Path(out))
         if unavailable():
