@@ -63,7 +63,7 @@ def _slices_figure(plt, matplotlib, report: dict, r: dict, sl: dict, path: Path)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"{r['stage'][k]} t={r['time_us'][k]:.0f} us", fontsize=8)
+                ax.set_title(f"{'uncalendered' if k == 0 else r['stage'][k]}, t = {r['time_us'][k]:.0f} us", fontsize=8)
             if j == 0:
                 ax.set_ylabel("DEM" if row == "dem" else STYLES[row][0], fontsize=8)
     fig.suptitle(f"{_title(r, report)}\nx-z slices at mid y: white pore, red CBD, grey AM, blue void", fontsize=9)
