@@ -104,3 +104,19 @@ def test_bad_input_is_one_line_and_exit_2(short_rollout, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_view_imports_only_common_and_electrode():
+    """The view stage sits on the electrode: evaluate, bench, screen, optimize and the CLI may use it, not
+    the other way round."""
+    import ast
+
+    package = REPO / "python" / "calbatch"
+    for path in (package / "view").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                top = (node.module or "").split(".")[0] if node.level == 2 else "view"
+                assert top in ("common", "electrode", "errors", "view"), (path.name, node.module)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n and n.startswith("calbatch") for n in names), (path.name, names)
