@@ -16,7 +16,6 @@ def _export(args) -> None:
     from ..view import export, open_source
 
     source = open_source(args.source, args.voxel_size)
-    frames = None if args.frame is None else args.frame
     done = [0]
 
     def progress():
@@ -25,7 +24,7 @@ def _export(args) -> None:
             sys.stderr.write(f"\rexport-view: frame {done[0]}")
 
     t0 = time.perf_counter()
-    r = export(source, Path(args.out), frames, voxels=not args.particles_only, particles=not args.voxels_only,
+    r = export(source, Path(args.out), args.frame, voxels=not args.particles_only, particles=not args.voxels_only,
                progress=progress)
     r.update(source=args.source, seconds=time.perf_counter() - t0)
     if sys.stderr.isatty() and done[0]:

@@ -18,6 +18,7 @@ from ..errors import CalbatchError
 
 _SERIES, _PACK = "calbatch-dem-series", "calbatch-dem-pack"
 VOLUME_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5")
+GRID_NZ = 125  # slices of the grid a particle-only file is voxelized on (the paper's, as `dem revoxelize`)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Source:
         from ..electrode.voxelize import grid_shape, voxelize_spheres
 
         top = float(np.max(self.positions[:, :, 2] + self.radii))
-        shape = grid_shape(self.box_xy, self.voxel_size, 125, top, 2 * float(self.radii.max()))
+        shape = grid_shape(self.box_xy, self.voxel_size, GRID_NZ, top, 2 * float(self.radii.max()))
         return voxelize_spheres(self.positions[i], self.radii, self.phases, self.box_xy, shape, self.voxel_size)
 
 
