@@ -191,9 +191,10 @@ def test_optimize_checks_its_answer_with_the_dem(tiny_pack):
     d = tiny_pack["dir"]
     (d / "dataset.json").write_text(json.dumps({"calender_settings": {"speed": 0.2, "frame_interval_us": 2.5}}))
     proc = run_cli("optimize", tiny_pack["pack"], "--model", tiny_pack["model"], "--porosity", "0.20",
-                   "--check-dem", "--dataset", d / "dataset.json", "--json")
+                   "--check-dem", "--dataset", d / "dataset.json", "--plot", d / "check.png", "--json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
+    assert r["plot"] == str(d / "check.png") and (d / "check.png").stat().st_size > 10_000
     c = r["dem_check"]
     assert c["pack"] == str(tiny_pack["pack"]) and c["cd_percent"] == r["answer"]["cd_percent"]
     assert c["dem_settings"]["speed"] == 0.2 and c["dem_wall_s"] > 0 and 0 < c["dem_porosity"] < 1
