@@ -166,6 +166,7 @@ def test_dl_vs_dem_end_to_end(tiny_pack):
     assert r["dl_backends"][0] == "cpu"  # every backend either timed or named with why it did not open
     assert set(r["dl_backends"]) | set(r["dl_backends_unavailable"]) == {"cpu", "ort-cuda", "ort-tensorrt", "tensorrt"}
     (case,) = r["cases"]
+    assert case["render"] == str(d / "bench_cd30.png") and (d / "bench_cd30.png").stat().st_size > 10_000
     assert set(case["timing"]["backends"]) == set(r["dl_backends"]) and case["timing"]["backends"]["cpu"]["same_frames"]
     from calbatch.electrode.series import read_series
 
@@ -190,9 +191,10 @@ def test_optimize_checks_its_answer_with_the_dem(tiny_pack):
     d = tiny_pack["dir"]
     (d / "dataset.json").write_text(json.dumps({"calender_settings": {"speed": 0.2, "frame_interval_us": 2.5}}))
     proc = run_cli("optimize", tiny_pack["pack"], "--model", tiny_pack["model"], "--porosity", "0.20",
-                   "--check-dem", "--dataset", d / "dataset.json", "--json")
+                   "--check-dem", "--dataset", d / "dataset.json", "--plot", d / "check.png", "--json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
+    assert r["plot"] == str(d / "check.png") and (d / "check.png").stat().st_size > 10_000
     c = r["dem_check"]
     assert c["pack"] == str(tiny_pack["pack"]) and c["cd_percent"] == r["answer"]["cd_percent"]
     assert c["dem_settings"]["speed"] == 0.2 and c["dem_wall_s"] > 0 and 0 < c["dem_porosity"] < 1

@@ -235,8 +235,8 @@ def test_cli_writes_report_and_plots_and_flags_extrapolation(trained, series, tm
     assert flags == {"ms4_cd20": False, "ms1_cd45": True}
     assert r["warnings"] == [warnings[0].split("warning: ", 1)[1]]
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["final_vs_cd.png", "ms1_cd45_slices.png", "ms1_cd45_volumes_r2.png", "ms4_cd20_slices.png",
-                    "ms4_cd20_volumes_r2.png"]
+    assert pngs == ["final_vs_cd.png", "ms1_cd45_slices.png", "ms1_cd45_volumes_r2.png", "ms4_cd20_render.png",
+                    "ms4_cd20_slices.png", "ms4_cd20_volumes_r2.png"]  # the 3-D render: the first series
     assert all(p.stat().st_size > 10_000 for p in out.glob("*.png"))
     assert sorted(r["plots"]) == sorted(str(out / p) for p in pngs)
 

@@ -147,6 +147,12 @@ def test_cli_json_results_file_and_plot(capsys, tiny):
     assert r["target"] == "porosity 0.2" and r["seconds"] > 0 and r["model_load_s"] > 0
     cds = [p["cd_percent"] for p in r["curve"]]
     assert cds == sorted(cds) and {20.0, 27.5, 35.0, 42.5, 50.0} <= set(cds)
+    # what the plot shows besides the curve: the uncalendered electrode at CD 0 and the trained range
+    from calbatch.electrode.metrics import measure
+    from calbatch.electrode.volume import read_volume
+
+    assert r["uncalendered"] == {"porosity": measure(read_volume(tiny["volume"]), VS)["porosity"]}
+    assert r["trained_cd_range"] == [20.0, 50.0]
 
 
 def test_yaml_config_equals_the_flags(capsys, tiny):

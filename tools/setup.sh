@@ -13,6 +13,8 @@ command -v liggghts >/dev/null || need_apt+=(liggghts)
 [ -f /usr/lib/petsc/include/petsc.h ] || need_apt+=(petsc-dev)
 command -v mpicc >/dev/null || need_apt+=(libopenmpi-dev)
 command -v mpirun >/dev/null || need_apt+=(openmpi-bin)
+# Mesa's software OpenGL behind EGL: the headless renders of `calbatch render` (no display, no GPU).
+ls /usr/lib/*/libEGL_mesa.so.0 >/dev/null 2>&1 || need_apt+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "apt-get install ${need_apt[*]} (a few minutes)"
   $SUDO apt-get update -qq
@@ -31,6 +33,12 @@ fi
 if ! "$PY" -c "import tensorflow, tf2onnx, onnx, onnxruntime, optuna, h5py, scipy, tifffile, yaml, pydantic, matplotlib, tqdm, pytest, ruff" 2>/dev/null; then
   say "pip install the scientific stack (tensorflow-cpu, onnxruntime, ...; a few minutes)"
   pip_quiet "tensorflow-cpu>=2.16" "tf2onnx>=1.16" onnx onnxruntime "optuna>=3.4" h5py scipy tifffile pyyaml pydantic matplotlib tqdm pytest ruff
+fi
+
+# The view extra (VTK and pyvista, about 590 MB): export for ParaView and OVITO, 3-D renders.
+if ! "$PY" -c "import vtkmodules, pyvista" 2>/dev/null; then
+  say "pip install vtk pyvista (the 3-D views)"
+  pip_quiet vtk pyvista
 fi
 
 # 3. mpi4py and petsc4py compiled against Debian's Open MPI and PETSc 3.18 (about 4 minutes).

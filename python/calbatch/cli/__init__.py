@@ -22,7 +22,7 @@ from ..common.mpi import is_root
 from ..errors import CalbatchError
 
 # Command-group modules, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model", "screen", "bench", "optimize")
+COMMAND_MODULES: tuple[str, ...] = ("volume", "dem", "transport", "model", "screen", "bench", "optimize", "view")
 
 # Optional dependencies: the one line that says how to get each.
 _SETUP = "run `bash tools/setup.sh` from the calbatch repository"
@@ -40,6 +40,8 @@ INSTALL_HINTS = {
     "tqdm": "tqdm is not installed: pip install tqdm",
     "yaml": "PyYAML is not installed: pip install pyyaml",
     "pydantic": "pydantic is not installed: pip install pydantic",
+    "vtkmodules": "VTK is not installed: pip install 'calbatch[view]' (or " + _SETUP + ")",
+    "pyvista": "pyvista is not installed: pip install 'calbatch[view]' (or " + _SETUP + ")",
 }
 
 

@@ -78,11 +78,14 @@ def _dl_vs_dem(args) -> None:
     with stdout_to_stderr():  # LIGGGHTS and PETSc chatter off stdout
         r = dl_vs_dem(Path(args.pack) if args.pack else None, args.cd, model=args.model, settings=settings,
                       threads=args.threads, repeats=args.repeats, fick=fick, keep=Path(args.keep) if args.keep else None,
-                      clump_spheres=args.clump_spheres, backends=args.backend)
+                      clump_spheres=args.clump_spheres, backends=args.backend,
+                      renders=Path(args.out).with_suffix("") if args.out else None)
     if args.out:
         atomic_text(Path(args.out), to_json(r))
         r["results_file"] = args.out
-    print_result(r, args.json, format_report(r) + (f"\nresults: {args.out}" if args.out else ""))
+    shown = [c["render"] for c in r["cases"] if c.get("render")]
+    print_result(r, args.json, format_report(r) + (f"\nresults: {args.out}" if args.out else "")
+                 + "".join(f"\n3-D render, DEM against model: {p}" for p in shown))
 
 
 def add_cli(subparsers) -> None:
@@ -113,6 +116,6 @@ def add_cli(subparsers) -> None:
     q.add_argument("--clump-spheres", type=count(), default=20,
                    help="projection only: spheres per CT-shaped particle (an assumption; default 20)")
     q.add_argument("--keep", default=None, metavar="DIR", help="keep the DEM and DL series in this folder")
-    q.add_argument("--out", default=None, metavar="FILE.json", help="also write the results as JSON here")
+    q.add_argument("--out", default=None, metavar="FILE.json", help="also write the results as JSON here, and a 3-D render of each case beside it")
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
     q.set_defaults(run=_dl_vs_dem)

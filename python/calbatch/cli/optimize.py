@@ -71,7 +71,8 @@ def _optimize(args) -> None:
     from ..electrode.series import atomic_text
     from ..errors import CalbatchError
     from ..evaluate.bench import dem_settings
-    from ..optimize.search import check_with_dem, load_electrode, optimize, plot_curve
+    from ..optimize.plots import plot_curve
+    from ..optimize.search import check_with_dem, load_electrode, optimize
     from ..screen import Predictor
     from .bench import check_json_out
 

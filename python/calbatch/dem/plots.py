@@ -9,6 +9,9 @@ import numpy as np
 from ..electrode.series import read_series
 from .calender import voxel_frames
 
+# the phase colours of every calbatch picture: white/blue pore, red CBD, grey AM
+PHASE_COLORS = {"pore": "tab:blue", "CBD": "tab:red", "AM": "dimgray"}
+
 
 def plot(series_path: Path, out_dir: Path, slices: int = 4) -> list[str]:
     """PNG plots of one series: phase volumes and thickness/press against time, x-z slices."""
@@ -29,27 +32,30 @@ def plot(series_path: Path, out_dir: Path, slices: int = 4) -> list[str]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(series_path).stem
-    title = f"microstructure {a['microstructure_id']}, CD {a['cd_percent']:g} %"
+    title = (f"DEM ({a.get('liggghts_version', 'LIGGGHTS')}) {stem}: electrode {a['microstructure_id']}, "
+             f"CD {a['cd_percent']:g} %")
     paths = []
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in ("pore", "CBD", "AM"):
-        ax.plot(t, [m["counts"][name] * vs**3 for m in metrics], marker=".", label=name)
-    ax.set(xlabel="simulated time (us)", ylabel="phase volume (um$^3$)", title=title)
+        ax.plot(t, [m["counts"][name] * vs**3 for m in metrics], marker=".", color=PHASE_COLORS[name], label=name)
+    ax.set(xlabel="simulated time (us), 0: the uncalendered electrode", ylabel="phase volume (um$^3$, voxelized)")
+    ax.set_title(title, fontsize=9)
     ax.legend()
     paths.append(out_dir / f"{stem}_volumes.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(t, [m["thickness_um"] for m in metrics], marker=".", label="electrode thickness (voxels)")
+    ax.plot(t, [m["thickness_um"] for m in metrics], marker=".", label="electrode thickness (voxelized)")
     ax.plot(t, series["press_z_um"], "--", label="press position")
     for phase, color in (("release", "tab:orange"), ("relax", "tab:green")):
         sel = series["phase"] == phase
         if sel.any():
             ax.axvspan(t[sel].min(), t[sel].max(), color=color, alpha=0.1, label=phase)
-    ax.set(xlabel="simulated time (us)", ylabel="height (um)", title=title)
-    ax.legend()
+    ax.set(xlabel="simulated time (us), 0: the uncalendered electrode", ylabel="height above the collector (um)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     paths.append(out_dir / f"{stem}_thickness.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -61,9 +67,9 @@ def plot(series_path: Path, out_dir: Path, slices: int = 4) -> list[str]:
         frame = series["frames"][i]
         ax.imshow(frame[:, frame.shape[1] // 2, :], origin="lower", cmap=colors, vmin=0, vmax=4,
                   interpolation="nearest", extent=(0, frame.shape[2] * vs, 0, frame.shape[0] * vs))
-        ax.set(title=f"{series['phase'][i]} t={t[i]:.0f} us", xlabel="x (um)")
+        ax.set(title=f"{'uncalendered' if i == 0 else series['phase'][i]}, t = {t[i]:.0f} us", xlabel="x (um)")
     np.atleast_1d(axes)[0].set_ylabel("z (um)")
-    fig.suptitle(f"{title}, x-z slice at mid y: white pore, red CBD, grey AM, blue void")
+    fig.suptitle(f"{title}\nx-z slice at mid y: white pore, red CBD, grey AM, blue void", fontsize=10, y=1.05)
     paths.append(out_dir / f"{stem}_slices.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)

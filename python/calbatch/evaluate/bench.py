@@ -182,12 +182,14 @@ def goals_met(case: dict) -> dict:
 
 def dl_vs_dem(pack: Path | None, cds: list[float], model: Path | None = None, settings: dict | None = None,
               threads: int | None = None, repeats: int = 3, fick: bool | dict = True, keep: Path | None = None,
-              clump_spheres: int = 20, backends: list[str] | None = None, progress: bool | None = None) -> dict:
+              clump_spheres: int = 20, backends: list[str] | None = None, renders: Path | None = None,
+              progress: bool | None = None) -> dict:
     """Every CD of ``cds`` on ``pack`` (default: the example electrode's) by DEM and by the model;
     see the module. ``keep``: a folder for the DEM and DL series (else they are discarded);
     ``clump_spheres``: spheres per CT-shaped particle in the projection (:func:`project_dem_cost`);
     ``backends``: the DL backends timed (:data:`calbatch.surrogate.BACKENDS`; default ``cpu``; ``all``:
-    every one that opens here). The first one's rollout is the one compared with the DEM."""
+    every one that opens here). The first one's rollout is the one compared with the DEM. ``renders``:
+    a path stem for a 3-D picture per case, DEM against model at the final frame (``STEM_cdCD.png``)."""
     from tqdm import tqdm
 
     from ..electrode.series import write_series
@@ -224,6 +226,9 @@ def dl_vs_dem(pack: Path | None, cds: list[float], model: Path | None = None, se
                 for name, (s, st, total) in dl.items()}})
             case = {"cd_percent": float(cd), "cd_extrapolated": predictor.extrapolated(cd), **case}
             case["goals_met"] = goals_met(case)
+            if renders is not None:
+                case["render"] = _render_case(Path(f"{renders}_cd{cd:g}.png"), pack, cd, dem_series, dl_series,
+                                              predictor, electrode["voxel_size"])
             if keep is not None:
                 dl_series["wall_time_s"] = dl_step_s
                 write_series(folder / f"dl_cd{cd:g}.h5", dl_series)
@@ -238,6 +243,17 @@ def dl_vs_dem(pack: Path | None, cds: list[float], model: Path | None = None, se
         "dem_settings": settings, "goals": GOALS, "cases": cases,
         "projection": project_dem_cost(mean_dem, spheres_per_particle=clump_spheres),
     }
+
+
+def _render_case(path: Path, pack: Path, cd: float, dem: dict, dl: dict, predictor, voxel_size: float) -> str | None:
+    """DEM against model at the final frame in 3-D (None where VTK is not installed)."""
+    from ..view import side_by_side, unavailable
+
+    if unavailable():
+        return None
+    where = f"{Path(pack).stem}, CD {cd:g} %, final frame {len(dem['frames']) - 1}"
+    return side_by_side(path, [(f"DEM (LIGGGHTS)\n{where}", dem["frames"][-1]),
+                               (f"model {Path(predictor.model_path).name}\n{where}", dl["frames"][-1])], voxel_size)
 
 
 def _open_backends(predictor_class, model, threads, names: list[str]) -> tuple[dict, dict]:

@@ -136,6 +136,7 @@ def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict
     t0 = time.perf_counter()
     dem_states = [frame_state(f, vs) for f in frames]
     dem_final = final_state(frames[-1], vs, fick)
+    dem_initial = final_state(frames[0], vs, fick)  # the uncalendered electrode, CD 0 in the plots
     passes = {}
     for name, (pred, first) in preds.items():
         scores = per_frame(frames, pred, dem_states, vs, first)
@@ -150,7 +151,7 @@ def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict
               "timestep_us": float(a["timestep_us"]) if "timestep_us" in a else None,
               "twin": str(case.twin_path) if case.twin_path else None,
               "twin_timestep_us": float(case.twin["attrs"].get("timestep_us", np.nan)) if case.twin else None,
-              "dem": {"frames": dem_states, "final": dem_final}, "passes": passes,
+              "dem": {"frames": dem_states, "final": dem_final, "initial": dem_initial}, "passes": passes,
               "training_mean_porosity": (None if base is None else {"porosity": triple(base["mean"], dem_final["porosity"]),
                                                                     "training_series": base["n"]}),
               "timings": timing}
@@ -158,6 +159,7 @@ def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict
     slices = {"frames": picks, "dem": _slices(frames, picks), "free_from_frame0": _slices(preds["free_from_frame0"][0], picks)}
     if "twin" in preds:
         slices["twin"] = _slices(preds["twin"][0], picks)
+    slices["final"] = {"dem": frames[-1], "model": preds["free_from_frame0"][0][-1], "voxel_size": vs}  # the 3-D render
     return report, slices
 
 
@@ -224,7 +226,10 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
               "decision_rule": rule, "fick": fick, "has_training_porosity": "training_final_porosity_by_cd" in meta,
               "summary": summarize(reports), "series": reports, "wall_time_s": time.perf_counter() - t0}
     if out is not None:
+        from ..view import unavailable
         from .plots import plot_all
 
         report["plots"] = plot_all(report, slices, Path(out))
+        if unavailable():
+            report["render_skipped"] = unavailable()
     return report

@@ -232,12 +232,15 @@ def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, 
         found = _min_tau(curve, target, cds, xtol) if target.kind == "min_tau" else _reach_target(curve, target, cds, xtol)
         answer = dict(curve(found.pop("cd_percent")))
     seconds = time.perf_counter() - t0
+    start = predictor.measure(electrode["volume"], fick=(fick or {}) if target.needs_fick else False)
+    uncalendered = {"porosity": start["metrics"]["porosity"], **({"tau": start["fick"]["tau"]} if "fick" in start else {})}
     key = "tau" if target.kind == "tau" else "porosity"
     if target.kind != "min_tau":
         answer["residual"] = answer[key] - target.value
     points = curve.sorted()
     return {"electrode": electrode["name"], "model": str(predictor.model_path), "target": target.describe(),
-            "target_kind": target.kind, "target_value": target.value, "cd_range": [lo, hi], "grid": grid,
+            "target_kind": target.kind, "target_value": target.value, "cd_range": [lo, hi],
+            "trained_cd_range": [float(c) for c in predictor.cd_range], "uncalendered": uncalendered, "grid": grid,
             "xtol": xtol, **found, "answer": answer, "evaluations": len(points), "seconds": seconds,
             "reachable": {k: [float(np.nanmin([p[k] for p in points])), float(np.nanmax([p[k] for p in points]))]
                           for k in ("porosity", "tau") if k in points[0]},
@@ -273,29 +276,3 @@ def check_with_dem(result: dict, electrode: dict, predictor, fick: dict | None, 
     if result["target_kind"] == "tau":
         check["dem_tau_minus_target"] = m["fick"]["tau"] - result["target_value"]
     return check
-
-
-def plot_curve(result: dict, path: Path) -> str:
-    """The searched curve (metric against CD), the target and the answer (and the DEM check) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = "tau" if result["target_kind"] == "tau" else "porosity"
-    pts = result["curve"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([p["cd_percent"] for p in pts], [p[key] for p in pts], "o-", ms=4, label=f"model ({len(pts)} rollouts)")
-    ax.axhline(result["target_value"], color="gray", ls="--", label=f"target {result['target']}")
-    a = result["answer"]
-    ax.plot([a["cd_percent"]], [a[key]], "r*", ms=12, label=f"answer CD {a['cd_percent']:.2f} %")
-    if "dem_check" in result and f"dem_{key}" in result["dem_check"]:
-        ax.plot([a["cd_percent"]], [result["dem_check"][f"dem_{key}"]], "ks", label="DEM at that CD")
-    ax.set_xlabel("CD (%)")
-    ax.set_ylabel(key)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)

@@ -96,36 +96,66 @@ def table(rows: list[dict], limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-def plots(rows: list[dict], out: Path) -> list[str]:
-    """PNG plots against CD, one line per electrode: porosity, and D_eff and tau where solved."""
+def trained_range(model) -> tuple[float, float] | None:
+    """The model's trained CD range from its metadata (None when it has none)."""
+    import onnxruntime
+
+    meta = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_modelmeta()
+    value = meta.custom_metadata_map.get("cd_range_percent")
+    return tuple(json.loads(value)) if value else None
+
+
+def plots(rows: list[dict], out: Path, model=None) -> list[str]:
+    """PNG plots against CD, one marker per electrode: porosity, and D_eff and tau where solved;
+    titled with ``model`` (its trained CD range shaded), the uncalendered porosity at CD 0,
+    extrapolated cases ringed (:mod:`calbatch.view.cdplot`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..view import cdplot
+
     ok = [r for r in rows if r["status"] == "ok"]
     by_electrode: dict[str, list[dict]] = {}
     for r in ok:
         by_electrode.setdefault(r["electrode"], []).append(r)
+    cd_range = trained_range(model) if model is not None else None
+    names = list(by_electrode)
+    what = names[0] if len(names) == 1 else f"{len(names)} electrodes"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for key, label in (("porosity", "porosity (pore / electrode)"), ("d_eff_rel", "D_eff / D_bulk"),
                        ("tau", "tortuosity factor tau")):
-        if not any(isinstance(r.get(key), float) and math.isfinite(r[key]) for r in ok):
+        if not any(_finite(r.get(key)) for r in ok):
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, rs in by_electrode.items():
-            pts = sorted((r["cd_percent"], r[key]) for r in rs if isinstance(r.get(key), float) and math.isfinite(r[key]))
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        cdplot.shade_trained(ax, cd_range)
+        colors = plt.get_cmap("tab10")
+        for k, (name, rs) in enumerate(by_electrode.items()):
+            pts = sorted((r["cd_percent"], r[key], bool(r.get("cd_extrapolated"))) for r in rs if _finite(r.get(key)))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=name)
-        ax.set_xlabel("CD (% of the uncalendered thickness)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if len(by_electrode) <= 12:
-            ax.legend(fontsize=8)
+                cds, values, _ = zip(*pts)
+                cdplot.scatter(ax, cds, values, colors(k % 10), name if len(names) <= 12 else None, k)
+        shown = [r for r in ok if _finite(r.get(key))]
+        extrapolated = [bool(r.get("cd_extrapolated")) for r in shown]
+        cdplot.ring_extrapolated(ax, [r["cd_percent"] for r in shown], [r[key] for r in shown], extrapolated)
+        if key == "porosity":  # the uncalendered electrodes (the screen solves no Fick before calendering)
+            cdplot.uncalendered(ax, sorted({r["porosity_before"] for r in ok if _finite(r.get("porosity_before"))}))
+        else:
+            cdplot.uncalendered(ax, [])
+            ax.text(0, 0.5, "uncalendered: not solved by the screen", rotation=90, transform=ax.get_xaxis_transform(),
+                    ha="center", va="center", fontsize=7, color="0.4")
+        ax.set_title(f"calbatch screen: {what}\nmodel {Path(str(model)).name if model else '(not named)'}, final "
+                     f"(relaxed) structure; {sum(extrapolated)} case(s) extrapolated", fontsize=9)
+        cdplot.finish(ax, ylabel=label)
         fig.tight_layout()
         path = out / f"{key}_vs_cd.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+def _finite(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v)

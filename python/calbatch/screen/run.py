@@ -411,7 +411,7 @@ def _merge(screen: Screen, out: Path, resumed: int, ran: int, ranks: int, wall: 
     records = finished(out)
     rows = [records[c.id] for c in screen.cases if c.id in records]
     tables = report.write_tables(rows, out)
-    pngs = report.plots(rows, out / "plots") if plots else []
+    pngs = report.plots(rows, out / "plots", model=screen.model) if plots else []
     failed = [r for r in rows if r["status"] == "failed"]
     flagged = [r for r in rows if r["status"] == "ok" and r.get("flags")]
     return {"out": str(out), "cases": len(screen.cases), "finished": len(rows), "failed": len(failed),
