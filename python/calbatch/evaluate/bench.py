@@ -1,8 +1,9 @@
 """DL against DEM on the same electrode: for a pack (the uncalendered electrode as particles and
 voxels) and one or more CDs, the DEM calendering (LIGGGHTS, at the settings that made the default
-dataset: :mod:`calbatch.dem.reference`) and the model's free rollout (:class:`calbatch.screen.Predictor`) side by side, with per
-step the DEM and DL wall times and their ratio, and per case the DL result's accuracy against that
-DEM run (R^2 per frame, final porosity, contact areas, thickness, D_eff and tau by the Fick solver).
+dataset: :mod:`calbatch.dem.reference`) and the model's free rollout
+(:class:`calbatch.surrogate.predictor.Predictor`) side by side, with per step the DEM and DL wall
+times and their ratio, and per case the DL result's accuracy against that DEM run (R^2 per frame,
+final porosity, contact areas, thickness, D_eff and tau by the Fick solver).
 
 Also :func:`project_dem_cost`: what the DEM would cost at the paper's settings (real AM stiffness,
 CT-shaped particles), projected from the measured cost by the DEM's own scaling -- a projection,
@@ -125,7 +126,7 @@ def dl_vs_dem(pack: Path | None, cds: list[float], model: Path | None = None, se
     from tqdm import tqdm
 
     from ..electrode.series import write_series
-    from ..screen import Predictor
+    from ..surrogate.predictor import Predictor
 
     if not cds:
         raise CalbatchError("--cd: give at least one CD")
