@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BASE_ENV
+from conftest import BASE_ENV, assert_one_line_error
 from test_optimize import VS, persistence_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,8 @@ def test_runtime_commands_run_without_the_training_stack(tmp_path):
     optimize = calbatch_without_training("optimize", "e.npy", "--model", model, "--porosity", 0.2, "--json", cwd=tmp_path)
     assert optimize.returncode == 0, optimize.stderr
     assert 20 <= json.loads(optimize.stdout)["answer"]["cd_percent"] <= 50
+    train = calbatch_without_training("train", "r.h5", "--out", "run", cwd=tmp_path)
+    assert_one_line_error(train, "is not installed", "calbatch[train]")
     metrics = calbatch_without_training("metrics", "e.npy", "--voxel-size", VS, "--json", cwd=tmp_path)
     assert metrics.returncode == 0, metrics.stderr
     assert 0 < json.loads(metrics.stdout)["porosity"] < 1

@@ -23,7 +23,8 @@ from ..dem.reference import default_pack, dem_settings, read_electrode, run_dem
 from ..errors import CalbatchError
 
 CONTACTS = ("AM-CBD", "pore-AM", "pore-CBD")
-# The model issue's accuracy goals (free rollout against DEM) and the speed goal (per step, CPU).
+# The accuracy the model aims at in a free rollout against the DEM, and the speed per step (CPU) that
+# makes it worth using instead of the DEM.
 GOALS = {"r2_mean": 0.75, "r2_worst": 0.60, "porosity_rel_error": 0.01, "contact_area_rel_error_mean": 0.05,
          "d_eff_rel_error": 0.03, "tau_rel_error": 0.025, "speedup_per_step": 50.0}
 
