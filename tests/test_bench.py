@@ -1,4 +1,4 @@
-"""calbatch bench dl-vs-dem (issue 12, item 1) and the optimizer's DEM check on tiny systems: the
+"""calbatch bench dl-vs-dem and the optimizer's DEM check on tiny systems: the
 comparison's numbers are consistent (ratios are DEM time / DL time, accuracies in range, the
 results file is what was printed), end to end with a real LIGGGHTS run on a tiny pack; the
 projection is the documented calculation; bad input is one line with exit 2.

@@ -1,4 +1,4 @@
-"""The rollout engine (issue 11, item 1) on tiny grids: its C++ loop equals ``calbatch rollout``'s
+"""The rollout engine on tiny grids: its C++ loop equals ``calbatch rollout``'s
 plain Python loop over the same ONNX session bit for bit -- at batch size 1 against ``rollout()``
 itself, at larger batches with mixed CDs (and grids) against the same loop's building blocks
 (``network_inputs``, ``session.run``, ``next_frame``) run on the same batches; every decision rule,

@@ -32,11 +32,13 @@ def series(tmp_path_factory) -> list[Path]:
 def trained(series, tmp_path_factory):
     """A calbatch model trained a few steps (train split: CD 20 and 30 series), exported."""
     from calbatch.model.export import export
+    from calbatch.model.options import TrainOptions
     from calbatch.model.train import load_trained, train
 
     out = tmp_path_factory.mktemp("run")
-    train(series, out / "run", config={"channels": 8, "layers_coarse": 2}, epochs=1, batch_size=2, horizon=2,
-          crop=None, max_windows=6, max_val_windows=4, lr=3e-3, progress=False)
+    train(series, out / "run", TrainOptions(network={"channels": 8, "layers_coarse": 2}, epochs=1, batch_size=2,
+                                            horizon=2, crop=None, max_windows=6, max_val_windows=4, lr=3e-3),
+          progress=False)
     model, run = load_trained(out / "run")
     e = export(model, run, out / "model.onnx")
     return {"run": run, "onnx": out / "model.onnx", "export": e}
@@ -276,11 +278,16 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(trained, series, tmp_path)
 
 def test_tune_scores_trials_on_validation_and_resumes(series, tmp_path):
     pytest.importorskip("optuna")
+    from calbatch.model.options import TuneOptions
     from calbatch.model.train import load_trained
     from calbatch.model.tune import tune, validation_score
 
-    kw = {"epochs": 1, "max_windows": 4, "max_val_windows": 2, "crop": (8, 8), "val_fraction": 0.3, "progress": False}
-    r = tune(series, tmp_path / "study", trials=2, **kw)
+    kw = {"epochs": 1, "max_windows": 4, "max_val_windows": 2, "crop": (8, 8), "val_fraction": 0.3}
+
+    def options(**changes):
+        return TuneOptions(**{**kw, **changes})
+
+    r = tune(series, tmp_path / "study", options(trials=2), progress=False)
     assert [t["state"] for t in r["trials"]] == ["COMPLETE", "COMPLETE"]
     values = [t["value"] for t in r["trials"]]
     assert all(np.isfinite(values)) and r["best"]["value"] == min(values)
@@ -297,19 +304,19 @@ def test_tune_scores_trials_on_validation_and_resumes(series, tmp_path):
     again = validation_score(model, "calbatch", scan(run["val"], run["phase_budget"]), 2, (8, 8), 2, 0, 2)
     assert again == pytest.approx(best["value"], rel=1e-5)
     with pytest.raises(CalbatchError, match="--resume"):
-        tune(series, tmp_path / "study", trials=3, **kw)
+        tune(series, tmp_path / "study", options(trials=3), progress=False)
     with pytest.raises(CalbatchError, match="--resume: epochs"):
-        tune(series, tmp_path / "study", trials=3, resume=True, **{**kw, "epochs": 2})
+        tune(series, tmp_path / "study", options(trials=3, epochs=2), resume=True, progress=False)
     import optuna
 
     # a trial cut off by a kill stays RUNNING in the study: resume marks it failed and runs a new one
     optuna.load_study(study_name="calbatch-tune", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}").ask()
-    r = tune(series, tmp_path / "study", trials=3, resume=True, **kw)
+    r = tune(series, tmp_path / "study", options(trials=3), resume=True, progress=False)
     assert [t["state"] for t in r["trials"]] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert r["trials_complete"] == 3 and (tmp_path / "study" / "trials" / "0003").is_dir()
     assert json.loads((tmp_path / "study" / "study.json").read_text())["trials_complete"] == 3
     with pytest.raises(CalbatchError, match="no validation series"):
-        tune(series, tmp_path / "noval", trials=1, **{**kw, "val_fraction": 0.0})
+        tune(series, tmp_path / "noval", options(trials=1, val_fraction=0.0), progress=False)
 
 
 def test_tune_command_line(series, tmp_path, capsys):

@@ -40,7 +40,7 @@ def small(tmp_path):
     return path
 
 
-# ---------------------------------------------------------------- the failures the issue lists
+# ---------------------------------------------------------------- failures a user met: one clear line each
 
 def test_calender_of_a_file_that_is_not_a_pack(tmp_path):
     proc = run_cli("dem", "calender", EXAMPLE_H5, "--cd", "30", "--out", tmp_path / "x.h5")

@@ -1,5 +1,5 @@
 """The model stage on tiny grids: press schedule, windows and split, training, ONNX export, rollout,
-and the bad inputs of issue 10. Series are the committed v1 DEM particle frames voxelized at 1.9 um
+and bad inputs (one line on stderr, exit 2). Series are the committed v1 DEM particle frames voxelized at 1.9 um
 (16 x 16 x 26 voxels), so every test runs on real DEM motion."""
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def series(series_dir) -> list[Path]:
 def trained(series, tmp_path_factory):
     """A calbatch model trained a few steps, and its ONNX export."""
     from calbatch.model.export import export
+    from calbatch.model.options import TrainOptions
     from calbatch.model.train import load_trained, train
 
     out = tmp_path_factory.mktemp("run")
-    r = train(series, out / "run", config={"channels": 8, "layers_coarse": 2}, epochs=2, batch_size=2,
-              horizon=2, crop=None, max_windows=6, max_val_windows=4, lr=3e-3, progress=False)
+    r = train(series, out / "run", TrainOptions(network={"channels": 8, "layers_coarse": 2}, epochs=2, batch_size=2,
+                                                horizon=2, crop=None, max_windows=6, max_val_windows=4, lr=3e-3),
+              progress=False)
     model, run = load_trained(out / "run")
     e = export(model, run, out / "model.onnx")
     return {"train": r, "run": out / "run", "onnx": out / "model.onnx", "export": e, "model": model}
@@ -177,14 +179,14 @@ def test_short_series_is_refused(tmp_path, series):
 
 def _fixed_loss(model, infos):
     from calbatch.model.dataset import read_window
-    from calbatch.model.train import _losses, _to_model
+    from calbatch.model.objective import losses, to_model
 
-    loss, _ = _losses("calbatch", 0.1)
+    loss, _ = losses("calbatch", 0.1)
     vals = []
     for info in infos:
         for t in range(0, info.n_frames - 1, 3):
             x, c, y = read_window(info, t)
-            vals.append(float(loss(model([_to_model(x[None]), c[None, 0]]), y[None, 0], c[None, 0])))
+            vals.append(float(loss(model([to_model(x[None]), c[None, 0]]), y[None, 0], c[None, 0])))
     return float(np.mean(vals))
 
 
@@ -193,6 +195,7 @@ def test_a_few_training_steps_lower_the_loss(series, budget, tmp_path):
 
     from calbatch.model.dataset import scan
     from calbatch.model.networks import build
+    from calbatch.model.options import TrainOptions
     from calbatch.model.train import load_trained, train
     from calbatch.surrogate.budget import fit_series_files
 
@@ -202,19 +205,20 @@ def test_a_few_training_steps_lower_the_loss(series, budget, tmp_path):
     before = _fixed_loss(build("calbatch", **cfg), infos)
     # the untrained model already moves the material with the planned top (a strong start), so the
     # steps are one-step ones, as the fixed loss measures
-    r = train(series, tmp_path / "run", config=cfg, epochs=4, batch_size=2, horizon=1, crop=None,
-              max_windows=24, max_val_windows=4, lr=3e-3, progress=False)
+    r = train(series, tmp_path / "run", TrainOptions(network=cfg, epochs=4, batch_size=2, horizon=1, crop=None,
+                                                     max_windows=24, max_val_windows=4, lr=3e-3), progress=False)
     after = _fixed_loss(load_trained(tmp_path / "run", "last")[0], infos)
     assert after < before, (before, after)
     assert r["epoch"] == 4 and len(r["history"]) == 4
     run = json.loads((tmp_path / "run" / "run.json").read_text())  # the budget saw the training series only
     assert run["phase_budget"] == json.loads(json.dumps(fit_series_files(run["train"], VS)))
     # resume continues the same run; a second run into the folder without --resume is refused
-    r2 = train(series, tmp_path / "run", config=cfg, epochs=5, batch_size=2, horizon=2, crop=(8, 8),
-               max_windows=4, max_val_windows=4, lr=3e-3, resume=True, progress=False)
+    r2 = train(series, tmp_path / "run", TrainOptions(network=cfg, epochs=5, batch_size=2, horizon=2, crop=(8, 8),
+                                                      max_windows=4, max_val_windows=4, lr=3e-3),
+               resume=True, progress=False)
     assert r2["epoch"] == 5 and len(r2["history"]) == 5
     with pytest.raises(CalbatchError, match="--resume"):
-        train(series, tmp_path / "run", config=cfg, epochs=1, progress=False)
+        train(series, tmp_path / "run", TrainOptions(network=cfg, epochs=1), progress=False)
 
 
 def test_export_matches_keras_and_carries_metadata(trained):
@@ -413,11 +417,13 @@ def test_cli_rollout_and_export(trained, series, tmp_path, capsys):
 
 def test_paper_model_trains_exports_and_takes_only_its_grid(series, tmp_path):
     from calbatch.model.export import export
+    from calbatch.model.options import TrainOptions
     from calbatch.model.train import load_trained, train
     from calbatch.surrogate.rollout import rollout
 
-    r = train(series, tmp_path / "paper", kind="paper", config={"filters": 4, "dense": 8}, epochs=1, batch_size=2,
-              horizon=1, max_windows=4, max_val_windows=2, progress=False)
+    r = train(series, tmp_path / "paper", TrainOptions(kind="paper", network={"filters": 4, "dense": 8}, epochs=1,
+                                                       batch_size=2, horizon=1, max_windows=4, max_val_windows=2),
+              progress=False)
     assert np.isfinite(r["history"][0]["train_loss"])
     model, run = load_trained(tmp_path / "paper")
     e = export(model, run, tmp_path / "paper.onnx")
@@ -441,3 +447,25 @@ def test_command_line_errors_are_one_line(trained, series, tmp_path):
         s[k] = s[k][:3]
     write_series(tmp_path / "short.h5", s)
     assert_one_line_error(run_cli("train", tmp_path / "short.h5", "--out", tmp_path / "run"), "short.h5", "3 frames")
+
+
+def test_train_and_tune_flags_are_the_options_fields():
+    """The flags come from the options dataclasses: no flag given, the defaults are theirs."""
+    from dataclasses import fields
+
+    from calbatch.cli.model import add_cli
+    from calbatch.cli.output import options_from
+    from calbatch.model.options import NETWORKS, CalbatchNetwork, TrainOptions, TuneOptions, flagged
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "a.h5", "--out", "r"])
+    assert options_from(args, TrainOptions) == TrainOptions()
+    assert {f.name: getattr(args, f.name) for f in flagged(CalbatchNetwork)} == \
+        {f.name: f.default for f in fields(CalbatchNetwork) if f.name in vars(args)}
+    args = parser.parse_args(["train", "a.h5", "--out", "r", "--layers", "3", "--crop", "none", "--model", "paper",
+                              "--lr", "0.002"])
+    assert (args.layers_coarse, args.kind) == (3, "paper")
+    assert options_from(args, TrainOptions) == TrainOptions(kind="paper", crop=None, lr=0.002)
+    assert options_from(parser.parse_args(["tune", "a.h5", "--out", "s"]), TuneOptions) == TuneOptions()
+    assert set(NETWORKS) == {"calbatch", "paper"}

@@ -1,4 +1,4 @@
-"""calbatch optimize (issue 12, item 2) on a tiny grid: the optimizer converges where the answer is
+"""calbatch optimize on a tiny grid: the optimizer converges where the answer is
 known, infeasible targets and bad flags or config files are one line with exit 2, flags and YAML
 agree, the example script runs.
 

@@ -1,4 +1,4 @@
-"""calbatch screen and the Predictor API (issue 11, items 2 and 3) on tiny grids: bit-identity with
+"""calbatch screen and the Predictor API on tiny grids: bit-identity with
 ``calbatch rollout``'s loop, predict one or many, the cases file's bad inputs (one line, exit 2,
 nothing written), a screen on 1 and 2 ranks, failing cases, and kill + --resume (every case once).
 

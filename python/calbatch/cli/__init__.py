@@ -29,10 +29,8 @@ _SETUP = "run `bash tools/setup.sh` from the calbatch repository"
 INSTALL_HINTS = {
     "mpi4py": f"mpi4py is not installed: {_SETUP} (builds it against Debian's Open MPI)",
     "petsc4py": f"petsc4py is not installed: {_SETUP} (builds it against Debian's PETSc 3.18)",
-    "tensorflow": "TensorFlow is not installed: pip install tensorflow-cpu (or " + _SETUP + ")",
-    "keras": "Keras is not installed: pip install tensorflow-cpu (or " + _SETUP + ")",
-    "tf2onnx": "tf2onnx is not installed: pip install tf2onnx onnx (or " + _SETUP + ")",
-    "onnx": "onnx is not installed: pip install onnx (or " + _SETUP + ")",
+    **{name: f"{name} is not installed: training needs the train extra, pip install 'calbatch[train]' (or {_SETUP})"
+       for name in ("tensorflow", "keras", "tf2onnx", "onnx", "optuna")},
     "onnxruntime": "ONNX Runtime is not installed: pip install onnxruntime (or " + _SETUP + ")",
     "optuna": "Optuna is not installed: pip install optuna (or " + _SETUP + ")",
     "h5py": "h5py is not installed: pip install h5py",

@@ -69,7 +69,8 @@ def format_report(r: dict) -> str:
 
 
 def _dl_vs_dem(args) -> None:
-    from ..evaluate.bench import dem_settings, dl_vs_dem
+    from ..dem.reference import dem_settings
+    from ..evaluate.bench import dl_vs_dem
 
     check_json_out(args.out)
     settings = dem_settings(None if args.dataset == "none" else Path(args.dataset), speed=args.speed,
@@ -89,13 +90,13 @@ def _dl_vs_dem(args) -> None:
 
 
 def add_cli(subparsers) -> None:
-    from ..evaluate.bench import DEFAULT_DATASET
+    from ..dem.reference import DEFAULT_DATASET
 
     p = subparsers.add_parser("bench", help="benchmarks of calbatch against the DEM (dl-vs-dem)")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="VERB", parser_class=type(p))
     q = sub.add_parser("dl-vs-dem", help="DEM calendering and the model's rollout of one electrode side by side")
     q.add_argument("pack", nargs="?", default=None,
-                   help="pack file from `calbatch dem pack` (default: the example electrode's, data/dem/default/packs/ms1.h5)")
+                   help="pack file from `calbatch dem pack` (default: the example electrode's, shipped)")
     q.add_argument("--cd", type=finite(), nargs="+", required=True, help="compression degree(s) in percent")
     q.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     q.add_argument("--backend", nargs="+", default=["cpu"], metavar="NAME",

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .output import count, finite, print_result
+from .output import add_flags, count, finite, options_from, print_result
 
 
 @contextlib.contextmanager
@@ -53,19 +53,12 @@ def _crop(text: str):
 
 def _train(args) -> None:
     _quiet_tensorflow()
-    from ..model.dataset import parse_split
+    from ..model.options import NETWORKS, TrainOptions, flagged
     from ..model.train import train
 
-    if args.model == "calbatch":
-        config = {"channels": args.channels, "layers_coarse": args.layers, "factor": args.factor,
-                  "hidden": args.hidden, "max_residual": args.max_residual}
-    else:
-        config = {"filters": args.filters, "dense": args.dense}
-    r = train([Path(s) for s in args.series], Path(args.out), kind=args.model, config=config,
-              test_split=parse_split(args.test_split) if args.test_split else None, val_fraction=args.val_fraction,
-              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, horizon=args.horizon, crop=args.crop,
-              noise=args.noise, patience=args.patience, seed=args.seed, resume=args.resume,
-              max_windows=args.max_windows, max_val_windows=args.max_val_windows, vol_weight=args.vol_weight)
+    network = {f.name: getattr(args, f.name) for f in flagged(NETWORKS[args.kind])}
+    r = train([Path(s) for s in args.series], Path(args.out), options_from(args, TrainOptions, network=network),
+              resume=args.resume)
     last = r["history"][-1] if r["history"] else {}
     table = (f"run          {r['out']}\nmodel        {r['kind']} ({r['params']:,d} parameters)\n"
              f"series       train {r['train_series']}, val {r['val_series']}, test {r['test_series']}\n"
@@ -159,14 +152,10 @@ def _evaluate(args) -> None:
 
 def _tune(args) -> None:
     _quiet_tensorflow()
-    from ..model.dataset import parse_split
+    from ..model.options import TuneOptions
     from ..model.tune import tune
 
-    r = tune([Path(s) for s in args.series], Path(args.out), kind=args.model, trials=args.trials, epochs=args.epochs,
-             max_windows=args.max_windows, max_val_windows=args.max_val_windows, crop=args.crop,
-             batch_size=args.batch_size, score_horizon=args.score_horizon,
-             test_split=parse_split(args.test_split) if args.test_split else None, val_fraction=args.val_fraction,
-             seed=args.seed, resume=args.resume)
+    r = tune([Path(s) for s in args.series], Path(args.out), options_from(args, TuneOptions), resume=args.resume)
     lines = [f"{'trial':>5} {'state':<9} {'score':>9}  parameters"]
     for t in r["trials"]:
         score = "-" if t["value"] is None else f"{t['value']:.5f}"
@@ -180,49 +169,26 @@ def _tune(args) -> None:
     print_result(r, args.json, "\n".join(lines))
 
 
-def _training_parser(subparsers, name: str, help: str, out_help: str):
-    """The parser of a command that trains on DEM series (train, tune): the series, --out, --model."""
-    from ..surrogate.contract import Kind
-
+def _training_parser(subparsers, name: str, help: str, out_help: str, options_class):
+    """The parser of a command that trains on DEM series (train, tune): the series, --out, a flag
+    per option of ``options_class``, --resume and --json."""
     p = subparsers.add_parser(name, help=help)
     p.add_argument("series", nargs="+", help="series files with voxel frames (.h5)")
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--model", choices=[k.value for k in Kind], default=Kind.CALBATCH.value,
-                   help=f"model kind (default {Kind.CALBATCH.value})")
+    add_flags(p, options_class, parsers={"crop": _crop})
+    p.add_argument("--resume", action="store_true", help=f"continue the {name} run in --out")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
 def add_cli(subparsers) -> None:
+    from ..model.options import NETWORKS, TrainOptions, TuneOptions
     from ..surrogate.rules import DEFAULT_RULE, RULES, rules_help
 
     p = _training_parser(subparsers, "train", "train a frame model on DEM series (checkpoints, resume, early stop)",
-                         "run folder (checkpoints, run.json, state.json)")
-    p.add_argument("--epochs", type=count(), default=20, help="epochs at most (default 20)")
-    p.add_argument("--batch-size", type=count(), default=2, help="windows per batch (default 2)")
-    p.add_argument("--lr", type=finite(), default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--horizon", type=count(), default=2, help="steps unrolled per window; >1 = pushforward (default 2)")
-    p.add_argument("--crop", type=_crop, default=(32, 32), metavar="CY,CX",
-                   help="random periodic x/y crop for training, or 'none' (default 32,32; paper: whole frames)")
-    p.add_argument("--noise", type=finite("nonnegative"), default=0.01,
-                   help="fraction of input voxels replaced by a z-neighbour's code (default 0.01)")
-    p.add_argument("--vol-weight", type=finite("nonnegative"), default=0.1, help="weight of the phase-volume loss")
-    p.add_argument("--patience", type=count(), default=4, help="epochs without validation gain before stopping")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--test-split", default=None, metavar="SPEC",
-                   help="held-out series: whole electrodes and electrode:CD,CD (default the paper's '4;1:45;2:35;3:25,45')")
-    p.add_argument("--val-fraction", type=finite("nonnegative"), default=0.15,
-                   help="share of the remaining series for validation (default 0.15)")
-    p.add_argument("--max-windows", type=count(), default=None, help="windows per epoch at most")
-    p.add_argument("--max-val-windows", type=count(), default=None, help="validation windows at most")
-    p.add_argument("--channels", type=count(), default=24, help="calbatch: coarse channels (default 24)")
-    p.add_argument("--layers", type=count(), default=4, help="calbatch: coarse 3x3x3 layers (default 4)")
-    p.add_argument("--factor", type=count(2), default=4, help="calbatch: coarse cell size in voxels (default 4)")
-    p.add_argument("--hidden", type=count(0), default=0, help="calbatch: per-voxel correction units (default 0: per cell)")
-    p.add_argument("--max-residual", type=finite(), default=4.0, help="calbatch: largest learned z shift per step, voxels (default 4)")
-    p.add_argument("--filters", type=count(), default=16, help="paper: Conv1D filters (paper 256; default 16)")
-    p.add_argument("--dense", type=count(), default=150, help="paper: bottleneck width (default 150)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                         "run folder (checkpoints, run.json, state.json)", TrainOptions)
+    for network in NETWORKS.values():
+        add_flags(p.add_argument_group(f"{network.kind} network"), network)
     p.set_defaults(run=_train)
 
     p = subparsers.add_parser("export", help="a trained run -> ONNX with metadata, checked against Keras")
@@ -263,21 +229,5 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run=_evaluate)
 
     p = _training_parser(subparsers, "tune", "Optuna search over the training knobs, trials scored on validation data",
-                         "study folder (study.db, study.json, best.json, trials/)")
-    p.add_argument("--trials", type=count(), default=8, help="trials in all, counting resumed ones (default 8)")
-    p.add_argument("--epochs", type=count(), default=2, help="epochs per trial (default 2)")
-    p.add_argument("--max-windows", type=count(), default=32, help="training windows per epoch (default 32)")
-    p.add_argument("--max-val-windows", type=count(), default=16, help="validation windows (default 16)")
-    p.add_argument("--batch-size", type=count(), default=2, help="windows per batch (default 2)")
-    p.add_argument("--crop", type=_crop, default=(32, 32), metavar="CY,CX",
-                   help="periodic x/y crop of training and validation windows, or 'none' (default 32,32)")
-    p.add_argument("--score-horizon", type=count(), default=2,
-                   help="steps unrolled when scoring every trial on validation (default 2)")
-    p.add_argument("--test-split", default=None, metavar="SPEC",
-                   help="held-out series, never read (default the paper's '4;1:45;2:35;3:25,45')")
-    p.add_argument("--val-fraction", type=finite("nonnegative"), default=0.15,
-                   help="share of the remaining series for validation (default 0.15)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler and of every trial (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the study in --out")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                         "study folder (study.db, study.json, best.json, trials/)", TuneOptions)
     p.set_defaults(run=_tune)

@@ -68,9 +68,9 @@ def _table(r: dict) -> str:
 def _optimize(args) -> None:
     import time
 
+    from ..dem.reference import dem_settings
     from ..electrode.series import atomic_text
     from ..errors import CalbatchError
-    from ..evaluate.bench import dem_settings
     from ..optimize.plots import plot_curve
     from ..optimize.search import check_with_dem, load_electrode, optimize
     from ..screen import Predictor
@@ -104,7 +104,7 @@ def _optimize(args) -> None:
 
 
 def add_cli(subparsers) -> None:
-    from ..evaluate.bench import DEFAULT_DATASET
+    from ..dem.reference import DEFAULT_DATASET
 
     p = subparsers.add_parser("optimize", help="the CD that gives an electrode a target porosity or tortuosity")
     p.add_argument("electrode", nargs="?", default=None,

@@ -101,3 +101,32 @@ def count(minimum: int = 1):
 
     parse.__name__ = "integer"
     return parse
+
+
+def add_flags(parser, options_class, parsers: dict | None = None) -> None:
+    """A flag per option field of ``options_class`` (see :func:`calbatch.model.options.option`): its
+    name, help, default and check come from the field; ``parsers`` maps a field name to its own
+    argparse type (for fields that are neither numbers nor strings)."""
+    from ..model.options import flag_name, flagged
+
+    for f in flagged(options_class):
+        m, base = f.metadata, f.type.split("|")[0].strip()
+        if f.name in (parsers or {}):
+            kind = parsers[f.name]
+        elif base == "int":
+            kind = int if m["min"] is None else count(m["min"])
+        elif base == "float":
+            kind = finite("nonnegative" if m["min"] == 0 else "positive")
+        else:
+            kind = str
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        help_text = m["help"] if f.default is None else f"{m['help']} (default {shown})"
+        parser.add_argument(flag_name(f), dest=f.name, type=kind, default=f.default, choices=m["choices"],
+                            metavar=m["metavar"] or (None if m["choices"] else flag_name(f)[2:].upper()), help=help_text)
+
+
+def options_from(args, options_class, **extra):
+    """The options dataclass ``options_class`` from the parsed flags of :func:`add_flags`."""
+    from ..model.options import flagged
+
+    return options_class(**{f.name: getattr(args, f.name) for f in flagged(options_class)}, **extra)

@@ -1,4 +1,6 @@
-"""Data shipped with calbatch: the example electrode, the example screen cases and the trained model."""
+"""Data shipped with calbatch: the example electrode (as a volume and as the DEM pack it was
+voxelized from), the default DEM dataset's plan, the example screen cases and the trained model.
+Everything a command reads by default lives here, so an installed wheel works outside a clone."""
 
 from pathlib import Path
 
@@ -8,6 +10,18 @@ DATA_DIR = Path(__file__).resolve().parent
 def example_volume_path() -> str:
     """The shipped example electrode, 76 x 76 x 125 voxels of 0.4 um, as a volume spec."""
     return f"{DATA_DIR / 'example_electrode.h5'}:/volume"
+
+
+def example_pack_path() -> Path:
+    """The DEM pack of the example electrode (electrode 1 of the repository's default dataset,
+    data/dem/default/packs/ms1.h5): its particles, voxels and top, the start of a DEM reference run."""
+    return DATA_DIR / "example_pack.h5"
+
+
+def default_dataset_path() -> Path:
+    """The default DEM dataset's plan (data/dem/default/dataset.json): its calender settings made
+    the training data, so DEM reference runs use them by default."""
+    return DATA_DIR / "default_dataset.json"
 
 
 def example_cases_path() -> Path:

@@ -3,8 +3,9 @@
 (:mod:`calbatch.electrode.series`).
 
 One module per concern: ``settings`` (formulation, contact model, schedule), ``runner`` (LIGGGHTS
-as a subprocess), ``pack``, ``calender`` (and ``revoxelize``), ``dataset``, ``plots``. The entry
-points, one per verb of ``calbatch dem``, are re-exported here.
+as a subprocess), ``pack``, ``calender`` (and ``revoxelize``), ``dataset``, ``plots``, and
+``reference`` (a DEM run as the reference a model is judged against). The entry points, one per
+verb of ``calbatch dem``, are re-exported here.
 """
 
 from ..electrode.series import read_pack, read_series, write_series

@@ -1,8 +1,9 @@
 """DL against DEM on the same electrode: for a pack (the uncalendered electrode as particles and
 voxels) and one or more CDs, the DEM calendering (LIGGGHTS, at the settings that made the default
-dataset) and the model's free rollout (:class:`calbatch.screen.Predictor`) side by side, with per
-step the DEM and DL wall times and their ratio, and per case the DL result's accuracy against that
-DEM run (R^2 per frame, final porosity, contact areas, thickness, D_eff and tau by the Fick solver).
+dataset: :mod:`calbatch.dem.reference`) and the model's free rollout
+(:class:`calbatch.surrogate.predictor.Predictor`) side by side, with per step the DEM and DL wall
+times and their ratio, and per case the DL result's accuracy against that DEM run (R^2 per frame,
+final porosity, contact areas, thickness, D_eff and tau by the Fick solver).
 
 Also :func:`project_dem_cost`: what the DEM would cost at the paper's settings (real AM stiffness,
 CT-shaped particles), projected from the measured cost by the DEM's own scaling -- a projection,
@@ -11,7 +12,6 @@ not a measurement. Entry point: :func:`dl_vs_dem`.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -19,78 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dem.reference import default_pack, dem_settings, read_electrode, run_dem
 from ..errors import CalbatchError
 
-REPO_DATA = Path(__file__).resolve().parents[3] / "data" / "dem" / "default"
-# The shipped example electrode is the voxelized pack of electrode 1 of the default dataset.
-DEFAULT_PACK = REPO_DATA / "packs" / "ms1.h5"
-DEFAULT_DATASET = REPO_DATA / "dataset.json"
-# What the DEM takes from a dataset's settings; the grid (voxel size, slices) is the pack's own, so
-# the DEM frames lie on the grid of the volume the rollout starts from.
-CALENDER_KEYS = ("speed", "frame_interval_us", "dt", "nprocs")
 CONTACTS = ("AM-CBD", "pore-AM", "pore-CBD")
-# The model issue's accuracy goals (free rollout against DEM) and the speed goal (per step, CPU).
+# The accuracy the model aims at in a free rollout against the DEM, and the speed per step (CPU) that
+# makes it worth using instead of the DEM.
 GOALS = {"r2_mean": 0.75, "r2_worst": 0.60, "porosity_rel_error": 0.01, "contact_area_rel_error_mean": 0.05,
          "d_eff_rel_error": 0.03, "tau_rel_error": 0.025, "speedup_per_step": 50.0}
-
-
-# --- the electrode and the DEM reference ----------------------------------------------------------
-
-def default_pack() -> Path:
-    """The pack of the shipped example electrode (electrode 1 of the default dataset)."""
-    if not DEFAULT_PACK.is_file():
-        raise CalbatchError(f"{DEFAULT_PACK}: the example electrode's pack is missing; give a pack file "
-                            "(`calbatch dem pack --out pack.h5`)")
-    return DEFAULT_PACK
-
-
-def read_electrode(pack: Path) -> dict:
-    """A pack's uncalendered voxels ``volume``, its top ``h0`` (um, where the press starts, as in
-    the DEM and the training series) and ``voxel_size``."""
-    import h5py
-
-    from ..electrode.series import read_pack
-
-    attrs = read_pack(Path(pack))["attrs"]  # checks the format, one line if not a pack
-    with h5py.File(pack, "r") as f:
-        if "volume" not in f:
-            raise CalbatchError(f"{pack}: no /volume (the voxelized pack); make it with `calbatch dem pack`")
-        volume = f["volume"][()]
-    return {"volume": volume, "h0": float(attrs["top_um"]), "voxel_size": float(attrs["voxel_size_um"]),
-            "pack": str(pack)}
-
-
-def dem_settings(dataset: Path | None = DEFAULT_DATASET, **overrides) -> dict:
-    """The calendering settings of a dataset plan (default: the default dataset's, the ones that
-    made the training data), else calbatch's DEM defaults; ``overrides`` that are not None win."""
-    from ..dem.settings import DEFAULT_SPEED
-
-    settings = {"speed": DEFAULT_SPEED, "frame_interval_us": None, "dt": None, "nprocs": 1}
-    source = "calbatch DEM defaults"
-    if dataset is not None and not Path(dataset).is_file() and Path(dataset) != DEFAULT_DATASET:
-        raise CalbatchError(f"--dataset {dataset}: no such file (a dataset.json of `calbatch dem dataset`, or 'none')")
-    if dataset is not None and Path(dataset).is_file():
-        try:
-            plan = json.loads(Path(dataset).read_text())["calender_settings"]
-        except (ValueError, KeyError, TypeError):
-            raise CalbatchError(f"{dataset}: no readable calender_settings (a `calbatch dem dataset` plan)") from None
-        settings.update({k: plan[k] for k in CALENDER_KEYS if k in plan})
-        source = str(dataset)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return {**settings, "source": source}
-
-
-def run_dem(pack: Path, cd: float, settings: dict, out: Path, progress: bool | None = None) -> tuple[dict, float]:
-    """Calender ``pack`` to ``cd`` with LIGGGHTS at ``settings``, voxelized on the pack's grid; the
-    series (with frames) and the wall time of the whole run (LIGGGHTS, voxelization, writing)."""
-    from .. import dem
-
-    e = read_electrode(pack)
-    t0 = time.perf_counter()
-    dem.calender(Path(pack), cd, Path(out), voxel_size=e["voxel_size"], nz=e["volume"].shape[0], progress=progress,
-                 **{k: settings[k] for k in CALENDER_KEYS})
-    wall = time.perf_counter() - t0
-    return dem.read_series(Path(out)), wall
 
 
 # --- one case -------------------------------------------------------------------------------------
@@ -193,7 +129,7 @@ def dl_vs_dem(pack: Path | None, cds: list[float], model: Path | None = None, se
     from tqdm import tqdm
 
     from ..electrode.series import write_series
-    from ..screen import Predictor
+    from ..surrogate.predictor import Predictor
 
     if not cds:
         raise CalbatchError("--cd: give at least one CD")

@@ -1,4 +1,4 @@
-"""``calbatch evaluate``: an exported model against DEM series (issue 10, item 6).
+"""``calbatch evaluate``: an exported model against DEM series.
 
 Per series, every pass below is a full series of frames scored against the DEM's
 (:mod:`calbatch.evaluate.scores`: per frame MSE, MAE, R^2, IoU, phase volumes, thickness; on the

@@ -35,8 +35,8 @@ from .layers import (
 
 __all__ = ["CLASS_CODES", "EPS", "N_COND", "build", "build_calbatch", "build_paper", "press_mask"]
 
-def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, hidden: int = 0,
-                   max_residual: float = 4.0, max_affine: float = 6.0) -> keras.Model:
+def build_calbatch(channels: int, layers_coarse: int, factor: int, hidden: int, max_residual: float,
+                   max_affine: float) -> keras.Model:
     """calbatch's frame model (outputs class scores over :data:`CLASS_CODES`, unnormalised
     probabilities: log(scores) are the logits, :class:`Scores`): a small periodic 3-D CNN
     on cells of ``factor``^3 voxels sees the three frames' phase fractions, the conditioning and the
@@ -73,7 +73,7 @@ def build_calbatch(channels: int = 24, layers_coarse: int = 4, factor: int = 4, 
     return keras.Model([frames, cond], scores, name="calbatch")
 
 
-def build_paper(grid: tuple[int, int, int], filters: int = 16, dense: int = 150, dropout: float = 0.2) -> keras.Model:
+def build_paper(grid: tuple[int, int, int], filters: int, dense: int, dropout: float) -> keras.Model:
     """The paper's Model D on a fixed ``grid`` (nz, ny, nx): the three frames as a length-3 sequence
     whose channels are the voxels; 3 x [Conv1D(filters, 3, same) + batch norm + ReLU + max-pool(1)],
     dropout 0.2 on the third, flatten, Dense(dense, ReLU) and a linear Dense over every voxel; MSE on
@@ -105,7 +105,13 @@ def build_paper(grid: tuple[int, int, int], filters: int = 16, dense: int = 150,
 
 
 def build(kind: str, **config) -> keras.Model:
-    """A model by kind (``calbatch`` or ``paper``) and its hyper-parameters."""
-    from ..surrogate.contract import Kind
+    """A model by kind (``calbatch`` or ``paper``) and its hyper-parameters (the fields of the
+    kind's :data:`calbatch.model.options.NETWORKS` entry; missing ones take their defaults)."""
+    from dataclasses import asdict
 
-    return (build_calbatch if Kind.of(kind) is Kind.CALBATCH else build_paper)(**config)
+    from ..surrogate.contract import Kind
+    from .options import NETWORKS
+
+    kind = Kind.of(kind)
+    network = asdict(NETWORKS[kind.value](**config))
+    return (build_calbatch if kind is Kind.CALBATCH else build_paper)(**network)

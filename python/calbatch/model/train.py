@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ from ..electrode.schedule import WALL_OVERLAP_VOXELS
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
 from ..surrogate.budget import fit_series_files
-from ..surrogate.rules import CODE_TO_CLASS
-from .dataset import WindowStream, attach_budget, scan, split
-from .networks import CLASS_CODES, build, press_mask
+from .dataset import WindowStream, attach_budget, parse_split, scan, split
+from .networks import build
+from .objective import to_model, unrolled_loss, validation_loss
+from .options import TrainOptions
 
 
 def boundary_noise(inputs: np.ndarray, fraction: float, rng) -> np.ndarray:
@@ -35,106 +37,90 @@ def boundary_noise(inputs: np.ndarray, fraction: float, rng) -> np.ndarray:
     return np.where(flip, shifted, inputs)
 
 
-def _losses(kind: str, vol_weight: float):
+@dataclass
+class TrainingRun:
+    """A training run set up: its folder, options, data split, network, optimizer and the contents
+    of its run.json."""
+    out: Path
+    options: TrainOptions
+    parts: dict
+    model: object
+    optimizer: object
+    run: dict
+
+
+def train(series, out: Path, options: TrainOptions | None = None, resume: bool = False,
+          progress: bool | None = None) -> dict:
+    """Train a model (``options.kind``, default :class:`TrainOptions`) on the series files ``series``
+    into the run folder ``out`` (``resume``: continue the run there); returns the run summary (also
+    in ``out/state.json``)."""
     import tensorflow as tf
-
-    lut = tf.constant(CODE_TO_CLASS.astype(np.int32))
-    codes = tf.constant([float(c) for c in CLASS_CODES])
-    codes8 = tf.constant(CLASS_CODES, tf.uint8)
-
-    def loss(pred, target, cond):  # target uint8 codes (B, z, y, x); cond (B, 7)
-        if kind == "paper":
-            return tf.reduce_mean(tf.square(pred - tf.cast(target, tf.float32)))
-        cls = tf.gather(lut, tf.cast(target, tf.int32))
-        onehot = tf.one_hot(cls, 4)
-        logits = tf.math.log(tf.maximum(pred, 1e-30))  # the model outputs scores (see model.Scores)
-        # above the press only void: known, so masked as the rollout's decision masks it
-        above = press_mask(cond, tf.shape(pred)[1])[:, :, None, None, None]
-        logits = logits - 30.0 * above * tf.constant([1.0, 1.0, 1.0, 0.0])
-        ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
-        probs = tf.nn.softmax(logits)
-        # soft phase volumes (AM, CBD) against the target's: conservation the argmax cannot see
-        axes = [1, 2, 3]
-        err = tf.abs(tf.reduce_sum(probs[..., 1:3], axes) - tf.reduce_sum(onehot[..., 1:3], axes))
-        vol = tf.reduce_mean(err / (tf.reduce_sum(onehot[..., 1:3], axes) + 1.0))
-        return ce + vol_weight * vol
-
-    def decide(pred, cond):  # hard codes of a prediction, as the rollout feeds them back
-        if kind == "paper":
-            return tf.gather(codes8, tf.argmin(tf.abs(pred[..., None] - codes), axis=-1))
-        above = press_mask(cond, tf.shape(pred)[1])[:, :, None, None, None]
-        return tf.gather(codes8, tf.argmax(pred * (1.0 - above * tf.constant([1.0, 1.0, 1.0, 0.0])), axis=-1))
-
-    return loss, decide
-
-
-def _to_model(inputs):
-    """(B, 3, z, y, x) -> (B, z, y, x, 3) uint8 codes."""
-    return np.ascontiguousarray(np.moveaxis(inputs, 1, -1), dtype=np.uint8)
-
-
-def train(series, out: Path, kind: str = "calbatch", config: dict | None = None, test_split: dict | None = None,
-          val_fraction: float = 0.15, epochs: int = 20, batch_size: int = 2, lr: float = 1e-3, horizon: int = 2,
-          crop: tuple[int, int] | None = (32, 32), noise: float = 0.01, patience: int = 4, seed: int = 0,
-          resume: bool = False, max_windows: int | None = None, max_val_windows: int | None = None,
-          vol_weight: float = 0.1, progress: bool | None = None) -> dict:
-    """Train a ``kind`` model on the series files ``series`` into the run folder ``out``; returns
-    the run summary (also in ``out/state.json``)."""
-    import keras
-    import tensorflow as tf
-    from tqdm import tqdm
 
     # grappler's remapper logs a harmless 'remapper failed' error on the periodic padding's gradient
     tf.config.optimizer.set_experimental_options({"remapping": False})
-    out = Path(out)
-    state_path = out / "state.json"
-    if state_path.exists() and not resume:
+    training = set_up(series, Path(out), options or TrainOptions(), resume)
+    state = restore(training) if resume and (training.out / "state.json").exists() else \
+        {"epoch": 0, "best_val": None, "bad_epochs": 0, "history": []}
+    training.out.mkdir(parents=True, exist_ok=True)
+    (training.out / "run.json").write_text(json.dumps(training.run, indent=1))
+    return run_epochs(training, state, progress)
+
+
+def set_up(series, out: Path, options: TrainOptions, resume: bool) -> TrainingRun:
+    """Check the run folder, split the data, fit the phase budget on the training series and build
+    the network and its optimizer (seeded)."""
+    import keras
+
+    if (out / "state.json").exists() and not resume:
         raise CalbatchError(f"{out}: holds a training run; pass --resume to continue it or choose another --out")
     infos = scan(series)
-    parts = split(infos, test_split, val_fraction, seed)
+    parts = split(infos, parse_split(options.test_split) if options.test_split else None, options.val_fraction,
+                  options.seed)
     if not parts["train"]:
         raise CalbatchError("dataset: the split leaves no training series")
     vs = {s.voxel_size for s in parts["train"]}
     if len(vs) > 1:
         raise CalbatchError(f"dataset: series of different voxel sizes {sorted(vs)}")
-    grid = parts["train"][0].shape
-    if kind == "paper":
-        crop = None  # a fixed-grid model: whole frames
-    keras.utils.set_random_seed(seed)
-    config = dict(config or {})
-    if kind == "paper":
-        config["grid"] = list(grid)
-    model = build(kind, **config)
     vs = vs.pop()
+    grid = parts["train"][0].shape
+    config = dict(options.network)
+    if options.kind == "paper":  # a fixed-grid model: whole frames
+        options, config["grid"] = replace(options, crop=None), list(grid)
+    keras.utils.set_random_seed(options.seed)
+    model = build(options.kind, **config)
     budget = fit_series_files([s.path for s in parts["train"]], vs)  # the plan the rollout will follow
     attach_budget(infos, budget)
-    opt = keras.optimizers.Adam(lr)
-    opt.build(model.trainable_variables)
-    run = {"kind": kind, "config": config, "voxel_size_um": vs, "grid_zyx": list(grid),
+    optimizer = keras.optimizers.Adam(options.lr)
+    optimizer.build(model.trainable_variables)
+    o = options
+    run = {"kind": o.kind, "config": config, "voxel_size_um": vs, "grid_zyx": list(grid),
            "cd_range": [min(s.cd for s in parts["train"]), max(s.cd for s in parts["train"])],
            "train": [s.path for s in parts["train"]], "val": [s.path for s in parts["val"]],
            "test": [s.path for s in parts["test"]], "schedule": _schedule_params(parts["train"][0].path),
-           "horizon": horizon, "crop": list(crop) if crop else None, "noise": noise, "lr": lr,
-           "batch_size": batch_size, "seed": seed, "vol_weight": vol_weight,
+           "horizon": o.horizon, "crop": list(o.crop) if o.crop else None, "noise": o.noise, "lr": o.lr,
+           "batch_size": o.batch_size, "seed": o.seed, "vol_weight": o.vol_weight,
            "wall_overlap_voxels": WALL_OVERLAP_VOXELS, "phase_budget": budget}
-    state = {"epoch": 0, "best_val": None, "bad_epochs": 0, "history": []}
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        model.load_weights(out / "last.weights.h5")
-        saved = np.load(out / "optimizer.npz")
-        for i, v in enumerate(opt.variables):
-            v.assign(saved[f"v{i}"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(run, indent=1))
-    loss_fn, decide = _losses(kind, vol_weight)
+    return TrainingRun(out, options, parts, model, optimizer, run)
 
-    def unroll(x, cond, targets, training):
-        total = 0.0
-        for k in range(targets.shape[1]):
-            pred = model([x, cond[:, k]], training=training)
-            total += loss_fn(pred, targets[:, k], cond[:, k])
-            x = tf.concat([x[..., 1:], tf.stop_gradient(decide(pred, cond[:, k]))[..., None]], axis=-1)
-        return total / targets.shape[1]
+
+def restore(training: TrainingRun) -> dict:
+    """The state of an interrupted run, with its last weights and optimizer state loaded."""
+    state = json.loads((training.out / "state.json").read_text())
+    training.model.load_weights(training.out / "last.weights.h5")
+    saved = np.load(training.out / "optimizer.npz")
+    for i, v in enumerate(training.optimizer.variables):
+        v.assign(saved[f"v{i}"])
+    return state
+
+
+def run_epochs(training: TrainingRun, state: dict, progress: bool | None = None) -> dict:
+    """The epochs from ``state`` on: train, validate, checkpoint (last, best, optimizer, state),
+    stop early after ``patience`` epochs without gain."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    o, out, model, opt, parts = training.options, training.out, training.model, training.optimizer, training.parts
+    unroll = unrolled_loss(model, o.kind, o.vol_weight)
 
     @tf.function(reduce_retracing=True)
     def train_step(x, cond, targets):
@@ -148,17 +134,17 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
     def val_step(x, cond, targets):
         return unroll(x, cond, targets, False)
 
-    rng = np.random.default_rng(seed + 1000 * state["epoch"])
-    train_stream = WindowStream(parts["train"], horizon, crop, True, seed + state["epoch"], max_windows)
+    rng = np.random.default_rng(o.seed + 1000 * state["epoch"])
+    train_stream = WindowStream(parts["train"], o.horizon, o.crop, True, o.seed + state["epoch"], o.max_windows)
     show = sys.stderr.isatty() if progress is None else progress
-    for epoch in range(state["epoch"], epochs):
+    for epoch in range(state["epoch"], o.epochs):
         losses = []
-        bar = tqdm(train_stream.batches(batch_size), total=train_stream.steps(batch_size), file=sys.stderr,
-                   desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not show, leave=False)
+        bar = tqdm(train_stream.batches(o.batch_size), total=train_stream.steps(o.batch_size), file=sys.stderr,
+                   desc=f"epoch {epoch + 1}/{o.epochs}", unit="batch", disable=not show, leave=False)
         for x, c, y in bar:
-            losses.append(float(train_step(_to_model(boundary_noise(x, noise, rng)), c, y)))
+            losses.append(float(train_step(to_model(boundary_noise(x, o.noise, rng)), c, y)))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        val = _validate(val_step, parts["val"], horizon, crop, batch_size, seed, max_val_windows)
+        val = validation_loss(val_step, parts["val"], o.horizon, o.crop, o.batch_size, o.seed, o.max_val_windows)
         state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val})
         state["epoch"] = epoch + 1
         score = val if val is not None else float(np.mean(losses))
@@ -169,22 +155,13 @@ def train(series, out: Path, kind: str = "calbatch", config: dict | None = None,
             model.save_weights(out / "best.weights.h5")
         else:
             state["bad_epochs"] += 1
-        atomic_text(state_path, json.dumps(state, indent=1))
+        atomic_text(out / "state.json", json.dumps(state, indent=1))
         # one line an epoch even without a terminal (a log file then shows the progress)
-        tqdm.write(f"epoch {epoch + 1}/{epochs}: train {np.mean(losses):.4f} val {val}", file=sys.stderr)
-        if state["bad_epochs"] >= patience:
+        tqdm.write(f"epoch {epoch + 1}/{o.epochs}: train {np.mean(losses):.4f} val {val}", file=sys.stderr)
+        if state["bad_epochs"] >= o.patience:
             break
-    return {"out": str(out), "kind": kind, "params": int(model.count_params()), **state,
+    return {"out": str(out), "kind": o.kind, "params": int(model.count_params()), **state,
             "train_series": len(parts["train"]), "val_series": len(parts["val"]), "test_series": len(parts["test"])}
-
-
-def _validate(step, infos, horizon, crop, batch_size, seed, max_windows) -> float | None:
-    """Mean validation loss on fixed (seeded) crops, the same every epoch."""
-    if not infos:
-        return None
-    stream = WindowStream(infos, horizon, crop, True, seed + 7, max_windows)
-    losses = [float(step(_to_model(x), c, y)) for x, c, y in stream.batches(batch_size)]
-    return float(np.mean(losses))
 
 
 def _schedule_params(path: str) -> dict:

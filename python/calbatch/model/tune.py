@@ -1,4 +1,4 @@
-"""``calbatch tune``: an Optuna search over the main knobs of ``calbatch train`` (issue 10, item 3).
+"""``calbatch tune``: an Optuna search over the main knobs of ``calbatch train``.
 
 Each trial is a real, short training run (:func:`calbatch.model.train.train`, a few epochs on capped
 windows) into ``OUT/trials/NNNN``, scored by one fixed validation loss so that trials with
@@ -18,36 +18,32 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import CalbatchError
 from ..surrogate.budget import fit_series_files
-from .dataset import WindowStream, attach_budget, scan, split
+from .dataset import attach_budget, parse_split, scan, split
+from .options import TrainOptions, TuneOptions, train_flag
 
 STUDY_NAME = "calbatch-tune"
 SCORE_VOL_WEIGHT = 0.1  # the phase-volume term's weight in the score: the training default, fixed
 
 
 def suggest(trial, kind: str) -> tuple[dict, dict]:
-    """One trial's model config and training options (the search space)."""
+    """One trial's network hyper-parameters and training options (the search space; the names
+    are those of :class:`TrainOptions` and the networks' options)."""
     train_kw = {"lr": trial.suggest_float("lr", 3e-4, 3e-3, log=True)}
     if kind == "paper":
         config = {"filters": trial.suggest_categorical("filters", [8, 16, 32]),
                   "dense": trial.suggest_categorical("dense", [50, 150, 300])}
         return config, {**train_kw, "horizon": 1, "noise": 0.0, "vol_weight": 0.0}
     config = {"channels": trial.suggest_categorical("channels", [16, 24, 32]),
-              "layers_coarse": trial.suggest_int("layers", 2, 6)}
+              "layers_coarse": trial.suggest_int("layers_coarse", 2, 6)}
     train_kw.update({"horizon": trial.suggest_int("horizon", 1, 3),
                      "noise": trial.suggest_float("noise", 0.0, 0.03),
                      "vol_weight": trial.suggest_float("vol_weight", 0.0, 0.3)})
     return config, train_kw
-
-
-# the `calbatch train` option of each searched parameter
-OPTIONS = {"lr": "--lr", "channels": "--channels", "layers": "--layers", "horizon": "--horizon", "noise": "--noise",
-           "vol_weight": "--vol-weight", "filters": "--filters", "dense": "--dense"}
 
 
 def validation_score(model, kind: str, val_infos, horizon: int, crop, batch_size: int, seed: int,
@@ -55,21 +51,11 @@ def validation_score(model, kind: str, val_infos, horizon: int, crop, batch_size
     """The mean loss (see the module) of ``model`` on the seeded validation windows."""
     import tensorflow as tf
 
-    from .train import _losses, _to_model
+    from .objective import unrolled_loss, validation_loss
 
-    loss_fn, decide = _losses(kind, SCORE_VOL_WEIGHT)
-
-    @tf.function(reduce_retracing=True)
-    def step(x, cond, targets):
-        total = 0.0
-        for k in range(targets.shape[1]):
-            pred = model([x, cond[:, k]], training=False)
-            total += loss_fn(pred, targets[:, k], cond[:, k])
-            x = tf.concat([x[..., 1:], decide(pred, cond[:, k])[..., None]], axis=-1)
-        return total / targets.shape[1]
-
-    stream = WindowStream(val_infos, horizon, crop, True, seed + 7, max_windows)
-    return float(np.mean([float(step(_to_model(x), c, y)) for x, c, y in stream.batches(batch_size)]))
+    unroll = unrolled_loss(model, kind, SCORE_VOL_WEIGHT)
+    step = tf.function(lambda x, cond, targets: unroll(x, cond, targets, False), reduce_retracing=True)
+    return validation_loss(step, val_infos, horizon, crop, batch_size, seed, max_windows)
 
 
 def _results(study, settings: dict, series: list[str]) -> tuple[dict, dict | None]:
@@ -83,9 +69,9 @@ def _results(study, settings: dict, series: list[str]) -> tuple[dict, dict | Non
     best = None
     if done:
         b = min(done, key=lambda t: t.value)
-        options = [x for k, v in b.params.items() for x in (OPTIONS[k], f"{v:.6g}" if isinstance(v, float) else str(v))]
+        options = [x for k, v in b.params.items() for x in (train_flag(k), f"{v:.6g}" if isinstance(v, float) else str(v))]
         if settings["kind"] == "paper":
-            options = ["--model", "paper", *options]
+            options = [train_flag("kind"), "paper", *options]
         best = {"number": b.number, "value": b.value, "params": b.params, "config": b.user_attrs.get("config"),
                 "run": b.user_attrs.get("run"), "train_options": options,
                 "command": " ".join(["calbatch", "train", *series, "--out", "RUN", *options])}
@@ -94,18 +80,17 @@ def _results(study, settings: dict, series: list[str]) -> tuple[dict, dict | Non
     return study_json, best
 
 
-def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int = 2, max_windows: int | None = 32,
-         max_val_windows: int | None = 16, crop=(32, 32), batch_size: int = 2, score_horizon: int = 2,
-         test_split: dict | None = None, val_fraction: float = 0.15, seed: int = 0, resume: bool = False,
+def tune(series, out: Path, options: TuneOptions | None = None, resume: bool = False,
          progress: bool | None = None) -> dict:
-    """Run (or with ``resume`` continue) the study in ``out`` up to ``trials`` trials; returns
-    the content of ``out/study.json``."""
+    """Run (or with ``resume`` continue) the study in ``out`` up to ``options.trials`` trials
+    (default :class:`TuneOptions`); returns the content of ``out/study.json``."""
     import optuna
     from tqdm import tqdm
 
     from ..electrode.series import atomic_text
     from .train import load_trained, train
 
+    o = options or TuneOptions()
     out = Path(out)
     db = out / "study.db"
     if db.exists() and not resume:
@@ -115,19 +100,20 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
     if not resume and (out / "trials").is_dir() and any((out / "trials").iterdir()):
         raise CalbatchError(f"{out}/trials: holds the runs of an earlier study; choose another --out")
     series = sorted(str(p) for p in series)
-    parts = split(scan(series), test_split, val_fraction, seed)
+    test_split = parse_split(o.test_split) if o.test_split else None
+    parts = split(scan(series), test_split, o.val_fraction, o.seed)
     if not parts["val"]:
         raise CalbatchError("dataset: the split leaves no validation series to score trials by "
                             "(give more series or a --val-fraction above 0)")
     if parts["train"]:  # the planned tops every trial's run conditions on (fitted on the training series)
         attach_budget(parts["val"], fit_series_files([s.path for s in parts["train"]], parts["train"][0].voxel_size))
-    if kind == "paper":
-        crop = None  # fixed-grid model: whole frames
-    settings = {"kind": kind, "epochs": epochs, "max_windows": max_windows, "max_val_windows": max_val_windows,
-                "crop": list(crop) if crop else None, "batch_size": batch_size, "score_horizon": score_horizon,
-                "test_split": test_split, "val_fraction": val_fraction, "seed": seed, "series": series,
+    if o.kind == "paper":
+        o = replace(o, crop=None)  # fixed-grid model: whole frames
+    settings = {"kind": o.kind, "epochs": o.epochs, "max_windows": o.max_windows, "max_val_windows": o.max_val_windows,
+                "crop": list(o.crop) if o.crop else None, "batch_size": o.batch_size, "score_horizon": o.score_horizon,
+                "test_split": test_split, "val_fraction": o.val_fraction, "seed": o.seed, "series": series,
                 "validation_series": [s.path for s in parts["val"]],
-                "score": f"loss over {score_horizon} unrolled steps, vol weight {SCORE_VOL_WEIGHT:g}",
+                "score": f"loss over {o.score_horizon} unrolled steps, vol weight {SCORE_VOL_WEIGHT:g}",
                 "storage": str(db)}
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -145,19 +131,21 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
     else:
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="minimize")
         study.set_user_attr("settings", settings)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=o.seed + len(study.trials))
 
     def objective(trial) -> float:
-        config, train_kw = suggest(trial, kind)
+        config, train_kw = suggest(trial, o.kind)
         run = out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("config", config)
         t0 = time.perf_counter()
-        r = train(series, run, kind=kind, config=config, test_split=test_split, val_fraction=val_fraction,
-                  epochs=epochs, batch_size=batch_size, crop=crop, patience=epochs, seed=seed, max_windows=max_windows,
-                  max_val_windows=max_val_windows, progress=progress, **train_kw)
+        r = train(series, run, TrainOptions(kind=o.kind, network=config, test_split=o.test_split,
+                                            val_fraction=o.val_fraction, batch_size=o.batch_size, crop=o.crop,
+                                            seed=o.seed, epochs=o.epochs, patience=o.epochs, max_windows=o.max_windows,
+                                            max_val_windows=o.max_val_windows, **train_kw), progress=progress)
         model, _ = load_trained(run, "best")
-        score = validation_score(model, kind, parts["val"], score_horizon, crop, batch_size, seed, max_val_windows)
+        score = validation_score(model, o.kind, parts["val"], o.score_horizon, o.crop, o.batch_size, o.seed,
+                                 o.max_val_windows)
         trial.set_user_attr("train_best_val", r["best_val"])
         trial.set_user_attr("epochs", r["epoch"])
         trial.set_user_attr("seconds", time.perf_counter() - t0)
@@ -172,8 +160,8 @@ def tune(series, out: Path, kind: str = "calbatch", trials: int = 8, epochs: int
 
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=trials, initial=min(done, trials), desc="tune", unit="trial", file=sys.stderr, disable=not show) as bar:
-        for _ in range(max(trials - done, 0)):  # a failed trial uses up its place; --resume adds more
+    with tqdm(total=o.trials, initial=min(done, o.trials), desc="tune", unit="trial", file=sys.stderr, disable=not show) as bar:
+        for _ in range(max(o.trials - done, 0)):  # a failed trial uses up its place; --resume adds more
             study.optimize(objective, n_trials=1)
             bar.update(1)
             result = save()

@@ -54,18 +54,15 @@ class Target:
 def load_electrode(spec: str | None) -> dict:
     """``volume``, ``h0`` (um, None: from the volume) and ``pack`` (for a DEM check, or None) of a
     volume spec, a pack file (.h5 from ``calbatch dem pack``) or None/``example`` (the shipped
-    example electrode, with its pack when the repository's default dataset is present)."""
+    example electrode, read from the pack it was voxelized from: the DEM's top and a DEM check)."""
     import h5py
 
-    from ..data import example_volume_path
+    from ..dem.reference import default_pack, read_electrode
     from ..electrode.volume import read_volume
-    from ..evaluate.bench import DEFAULT_PACK, read_electrode
 
     if spec in (None, "example"):
-        e = {"volume": read_volume(example_volume_path()), "h0": None, "pack": None, "name": "example"}
-        if DEFAULT_PACK.is_file():  # the pack it was voxelized from: the DEM's top and a DEM check
-            e.update(h0=read_electrode(DEFAULT_PACK)["h0"], pack=str(DEFAULT_PACK))
-        return e
+        e = read_electrode(default_pack())
+        return {"volume": e["volume"], "h0": e["h0"], "pack": e["pack"], "name": "example"}
     path = Path(spec)
     if path.suffix in (".h5", ".hdf5") and path.is_file():
         try:
@@ -250,11 +247,11 @@ def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, 
 def check_with_dem(result: dict, electrode: dict, predictor, fick: dict | None, pack: str | None = None,
                    settings: dict | None = None, progress: bool | None = None) -> dict:
     """Run the DEM generator at the answer's CD on the electrode's pack (or ``pack``), at
-    ``settings`` (:func:`calbatch.evaluate.bench.dem_settings`, default: the default dataset's), and compare
+    ``settings`` (:func:`calbatch.dem.reference.dem_settings`, default: the default dataset's), and compare
     its final porosity (and tau) with the target and the model's prediction."""
     import tempfile
 
-    from ..evaluate.bench import dem_settings, run_dem
+    from ..dem.reference import dem_settings, run_dem
 
     pack = pack or electrode.get("pack")
     if pack is None:
