@@ -1,5 +1,5 @@
 """The package reads as the pipeline: its imports (every one, at module level or inside a function)
-point one way, common <- electrode <- {dem, transport} <- surrogate <- model <- {evaluate, screen,
+point one way, common <- electrode <- {dem, transport, view} <- surrogate <- model <- {evaluate, screen,
 optimize} <- cli, with no cycle, and the runtime (surrogate, screen, optimize) imports nothing from
 model, the only place TensorFlow is imported."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "calbatch"
 # The stages from the bottom up: a module may import from its own stage and from lower ones.
 # Stages of one rank are siblings and do not import each other.
-RANK = {"common": 0, "electrode": 1, "dem": 2, "transport": 2, "surrogate": 3, "model": 4, "evaluate": 5,
+RANK = {"common": 0, "electrode": 1, "dem": 2, "transport": 2, "view": 2, "surrogate": 3, "model": 4, "evaluate": 5,
         "screen": 5, "optimize": 5, "cli": 6}
 # Leaves anything may import; they import nothing of calbatch's.
 LEAVES = {"errors", "_core", "data"}

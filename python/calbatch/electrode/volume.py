@@ -19,6 +19,8 @@ from ..errors import CalbatchError
 PORE, CBD, AM, VOID = 0, 1, 2, 4
 PHASES = {PORE: "pore", CBD: "CBD", AM: "AM", VOID: "void"}
 CLASS_CODES = np.array([PORE, CBD, AM, VOID], dtype=np.uint8)  # a frame model's class index -> phase code
+CODE_TO_CLASS = np.zeros(int(CLASS_CODES.max()) + 1, dtype=np.int64)  # phase code -> class index
+CODE_TO_CLASS[CLASS_CODES] = np.arange(len(CLASS_CODES))
 DEFAULT_VOXEL_SIZE_UM = 0.4
 # The CBD is a nanoporous carbon + binder domain; half of it is pore by default (Franco group).
 DEFAULT_NANOPOROSITY = 0.5

@@ -20,15 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from ..electrode.schedule import PRESS_SPEED_M_S, STAGES, press_schedule
-from ..electrode.volume import CLASS_CODES, PHASES
+from ..electrode.volume import CLASS_CODES, CODE_TO_CLASS, PHASES
 from ..errors import CalbatchError
 
 MODEL_FORMAT = "calbatch-model/1"
 N_PAST = 3  # frames in a network input window
 COND_NAMES = ("cd_fraction", "planned_top_current_over_h0", "planned_top_target_over_h0",
               "stage_press", "stage_release", "stage_relax", "voxel_size_over_h0")
-CODE_TO_CLASS = np.zeros(int(CLASS_CODES.max()) + 1, dtype=np.int64)  # phase code -> class index
-CODE_TO_CLASS[CLASS_CODES] = np.arange(len(CLASS_CODES))
 
 __all__ = ["CLASS_CODES", "CODE_TO_CLASS", "COND_NAMES", "ExtrapolationWarning", "Kind", "MODEL_FORMAT",
            "ModelFile", "N_PAST", "conditioning", "load_onnx", "past_indices"]

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _core
-from ..electrode.volume import AM, CBD, PORE, VOID
+from ..electrode.volume import AM, CBD, CLASS_CODES, CODE_TO_CLASS, PORE, VOID
 from ..errors import CalbatchError
-from .contract import CLASS_CODES, CODE_TO_CLASS
 
 PARTICLE_SHIFTS = sorted(range(-6, 7), key=lambda s: (abs(s), s))  # slices a particle may move a step
 PARTICLE_NETWORK_WEIGHT = 1e-3  # the network's say over the moved particles' voxels

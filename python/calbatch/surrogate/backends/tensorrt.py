@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import CalbatchError
 from ..contract import COND_NAMES
-from . import cache_dir, output_shape
+from .base import cache_dir, output_shape
 
 
 def _require():
