@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..electrode.series import atomic_text
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from .output import count, finite, print_result, stdout_to_stderr, to_json
 
 
@@ -101,8 +102,8 @@ def add_cli(subparsers) -> None:
     q.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
     q.add_argument("--repeats", type=count(), default=3, help="DL rollouts per case; times are their median (default 3)")
     q.add_argument("--no-fick", action="store_true", help="skip D_eff and tau (the Fick solves)")
-    q.add_argument("--cbd-diffusivity", type=finite("nonnegative"), default=0.354,
-                   help="CBD diffusivity relative to the pore's for the Fick solves (default 0.354)")
+    q.add_argument("--cbd-diffusivity", type=finite("nonnegative"), default=DEFAULT_CBD_DIFFUSIVITY,
+                   help=f"CBD diffusivity relative to the pore's for the Fick solves (default {DEFAULT_CBD_DIFFUSIVITY:.4f} = 0.5^1.5)")
     q.add_argument("--dataset", default=str(DEFAULT_DATASET),
                    help="dataset.json whose calender_settings the DEM uses (default: the default dataset's; "
                         "'none': calbatch's DEM defaults)")

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from .output import count, finite, print_result, stdout_to_stderr, to_json
 
-DEFAULTS = {"electrode": None, "model": None, "cd_range": None, "grid": 5, "xtol": 0.1, "cbd_diffusivity": 0.354,
+DEFAULTS = {"electrode": None, "model": None, "cd_range": None, "grid": 5, "xtol": 0.1, "cbd_diffusivity": DEFAULT_CBD_DIFFUSIVITY,
             "threads": None}
 
 
@@ -120,7 +121,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--grid", type=count(2), default=None, help="CDs scanned before refining (default 5)")
     p.add_argument("--xtol", type=finite(), default=None, help="CD tolerance of the refinement, percent (default 0.1)")
     p.add_argument("--cbd-diffusivity", type=finite("nonnegative"), default=None,
-                   help="CBD diffusivity relative to the pore's, for tau (default 0.354)")
+                   help=f"CBD diffusivity relative to the pore's, for tau (default {DEFAULT_CBD_DIFFUSIVITY:.4f} = 0.5^1.5)")
     p.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
     p.add_argument("--check-dem", nargs="?", const="auto", default=None, metavar="PACK",
                    help="run the DEM at the CD found and compare (the electrode's pack, or PACK)")

@@ -7,7 +7,7 @@ electrodes:                        # files, globs (file.h5:/dataset allowed), or
   - example
   - {path: "packs/*.npy", name: pack}   # name: a prefix for the files the glob finds
 cds: [20, 30, {from: 35, to: 50, step: 2.5}]   # percent; a range includes both ends
-fick: {enabled: true, cbd_diffusivity: 0.354, tolerance: 1.0e-4, ranks_per_case: 1}
+fick: {enabled: true, cbd_diffusivity: 0.3536, tolerance: 1.0e-4, ranks_per_case: 1}   # default D: 0.5^1.5
 keep: {final_volumes: false, series: false}
 decision: particles                # particles | budget | conserve | expected | argmax
 voxel_size: 0.4                    # um; default: the model's
@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError
 
 from ..common.yamlconfig import check_tree, read_yaml, validation_error, walk, where
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from ..errors import CalbatchError
 
 MAX_CASES = 1_000_000
@@ -69,7 +70,7 @@ ElectrodeItem = Annotated[Annotated[Annotated[str, Field(min_length=1)], Tag("sp
 
 class Fick(_Strict):
     enabled: Annotated[bool, Strict()] = True
-    cbd_diffusivity: Annotated[Number, Field(ge=0)] = 0.354
+    cbd_diffusivity: Annotated[Number, Field(ge=0)] = DEFAULT_CBD_DIFFUSIVITY
     tolerance: Annotated[Number, Field(gt=0, lt=1)] = 1e-4
     ranks_per_case: Annotated[int, Strict(), Field(ge=1)] = 1
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _core
+from ..electrode.checks import check_scores
 from ..electrode.schedule import press_schedule
 from ..electrode.volume import PHASES
 from ..errors import CalbatchError
@@ -205,6 +206,7 @@ class Engine:
         for k, c in enumerate(batch):
             cond[k] = c.cond[c.t]
         out = self.backend.run(x, cond)
+        check_scores(out[:b], int(t.max()) + 1)
         first_void = np.array([c.first_void[c.t] for c in batch], dtype=np.int64)
         counts, decode = None, self._decode
         if decode == "particles":  # particles are labelled and moved in numpy: calbatch.surrogate.rules.decide itself

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.checks import check_scores
 from ..electrode.schedule import press_schedule
 from ..electrode.volume import validate
 from ..errors import CalbatchError
@@ -171,6 +172,7 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
         t0 = time.perf_counter()
         x, c = network_inputs(frames, t, cd, h0, voxel_size, p["top_um"], stages)
         out = sess.run(None, {"frames": x, "cond": c})[0][0]
+        check_scores(out, t + 1)
         frames[t + 1] = next_frame(out, frames[t], meta, rule, first_void[t], None if counts is None else counts[t])
         wall[t + 1] = time.perf_counter() - t0
     nz, ny, nx = frames.shape[1:]
