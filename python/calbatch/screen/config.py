@@ -14,6 +14,7 @@ voxel_size: 0.4                    # um; default: the model's
 batch_size: 1                      # cases sharing one network call
 threads: 0                         # ONNX Runtime threads per rank; 0: its default
 backend: cpu                       # cpu | ort-cuda | ort-tensorrt | tensorrt (calbatch.surrogate.backends.ort)
+allow_extrapolation: false         # run CDs further outside the model's trained range than its margin
 ```
 
 Relative paths are taken from the cases file's folder. Cases are electrodes x CDs, with stable ids
@@ -91,6 +92,7 @@ class CasesFile(_Strict):
     batch_size: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     threads: Annotated[int, Strict(), Field(ge=0, le=1024)] = 0
     backend: Literal["cpu", "ort-cuda", "ort-tensorrt", "tensorrt"] = "cpu"  # calbatch.surrogate.BACKENDS
+    allow_extrapolation: Annotated[bool, Strict()] = False
 
 
 # keys allowed in each mapping, by the path of that mapping (ints as the item marker)
@@ -124,10 +126,11 @@ class Screen:
     cases: list[Case]
 
     def settings(self) -> dict:
-        """What a resumed run must share with the first (the results depend on it)."""
+        """What a resumed run must share with the first (the results depend on it; how many ranks
+        share a Fick solve does not, and the model is compared by content with the case list)."""
         c = self.config
-        return {"model": str(self.model), "decision": c.decision, "voxel_size": c.voxel_size,
-                "fick": c.fick.model_dump(), "keep": c.keep.model_dump()}
+        return {"decision": c.decision, "voxel_size": c.voxel_size,
+                "fick": c.fick.model_dump(exclude={"ranks_per_case"}), "keep": c.keep.model_dump()}
 
 
 # --- the file -----------------------------------------------------------------------------------
@@ -166,6 +169,8 @@ def expand_cds(config: CasesFile, path: Path, root) -> list[float]:
             if n > MAX_CASES:
                 raise CalbatchError(f"{where(path, node)}: cds[{i}]: {n} values; at most {MAX_CASES} (a larger step)")
             new = [item.from_ + k * item.step for k in range(n)]
+            if item.to - new[-1] > 1e-6:  # both ends, also when the step does not land on 'to'
+                new.append(item.to)
         else:
             new = [item]
         for v in new:
@@ -202,6 +207,9 @@ def expand_electrodes(config: CasesFile, path: Path, root) -> list[Electrode]:
             found = sorted(glob.glob(file))
             if not found:
                 raise CalbatchError(f"{where(path, node)}: electrodes[{i}]: {spec!r} matches no file")
+        elif os.path.isdir(file):
+            raise CalbatchError(f"{where(path, node)}: electrodes[{i}]: {file} is a folder, not a volume file "
+                                f"(name its files, e.g. {spec.rstrip('/')}/*.npy)")
         elif not os.path.isfile(file):
             raise CalbatchError(f"{where(path, node)}: electrodes[{i}]: {file}: no such file "
                                 "(a volume file, a glob, or the word example)")
