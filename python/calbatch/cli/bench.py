@@ -17,6 +17,22 @@ def check_json_out(path: str | None) -> None:
 
     if path is not None and (Path(path).is_dir() or not Path(path).suffix == ".json"):
         raise CalbatchError(f"--out {path}: expected a results file name ending in .json")
+    check_writable(path, "--out")
+
+
+def check_writable(path: str | None, option: str) -> None:
+    """Refuse a file whose folder is missing or not writable, before the work that makes it."""
+    import os
+
+    from ..errors import CalbatchError
+
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise CalbatchError(f"{option} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CalbatchError(f"{option} {path}: the folder {parent} is not writable")
 
 
 def _yes(flag: bool) -> str:

@@ -74,12 +74,13 @@ def _optimize(args) -> None:
     from ..evaluate.bench import dem_settings
     from ..optimize.search import check_with_dem, load_electrode, optimize, plot_curve
     from ..screen import Predictor
-    from .bench import check_json_out
+    from .bench import check_json_out, check_writable
 
     s = _settings(args)
     check_json_out(args.out)
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise CalbatchError(f"--plot {args.plot}: expected a file name ending in .png")
+    check_writable(args.plot, "--plot")
     electrode = load_electrode(s["electrode"])
     if args.check_dem == "auto" and electrode["pack"] is None:  # say so before the search, not after
         raise CalbatchError(f"--check-dem: the electrode {electrode['name']} is a volume, not a pack; name the pack "
@@ -89,7 +90,8 @@ def _optimize(args) -> None:
     predictor = Predictor(s["model"], threads=s["threads"])
     load_s = time.perf_counter() - t0
     with stdout_to_stderr():  # PETSc and LIGGGHTS chatter off stdout
-        r = optimize(electrode, s["target"], predictor, s["cd_range"], s["grid"], s["xtol"], fick)
+        r = optimize(electrode, s["target"], predictor, s["cd_range"], s["grid"], s["xtol"], fick, not args.quiet,
+                     args.allow_extrapolation)
         r["model_load_s"] = load_s
         if args.check_dem:
             settings = dem_settings(None if args.dataset == "none" else Path(args.dataset))
@@ -129,5 +131,8 @@ def add_cli(subparsers) -> None:
                    help="dataset.json whose calender settings the DEM check uses (default: the default dataset's)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="the searched curve as a PNG")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the results as JSON here")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="search CDs further outside the model's trained range than the margin its file states")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_optimize)
