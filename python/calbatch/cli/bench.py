@@ -21,16 +21,18 @@ def check_json_out(path: str | None) -> None:
 
 
 def check_writable(path: str | None, option: str) -> None:
-    """Refuse a file whose folder is missing or not writable, before the work that makes it."""
+    """Refuse a file whose folder cannot be made or written, before the work that fills it."""
     import os
 
     from ..errors import CalbatchError
 
     if path is None:
         return
-    parent = Path(path).parent
+    parent = Path(path).absolute().parent
+    while not parent.exists():  # folders still to make: the first one that exists must take them
+        parent = parent.parent
     if not parent.is_dir():
-        raise CalbatchError(f"{option} {path}: the folder {parent} does not exist")
+        raise CalbatchError(f"{option} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise CalbatchError(f"{option} {path}: the folder {parent} is not writable")
 

@@ -265,7 +265,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--start-frames", type=int, choices=(1, 3), default=1,
                    help="frames of a series to start from (default 1: the uncalendered frame)")
     p.add_argument("--voxel-size", type=finite(), default=None,
-                   help="voxel edge in um (default: what the file states, else 0.4; a file that states another is refused)")
+                   help="voxel edge in um (default: what the file states, else the model's; a file that states another is refused)")
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="run a CD further outside the model's trained range than the margin its file states")
     rollout_common(p)

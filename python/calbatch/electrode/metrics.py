@@ -118,6 +118,8 @@ def format_table(result: dict) -> str:
     for name, frac in result["fractions"].items():
         basis = "of grid" if name == "void" else "of electrode"
         lines.append(f"fraction {name:<14}{frac:.4f} {basis}")
+    if result.get("undefined"):
+        lines.append(f"undefined (0/0)        {', '.join(result['undefined'])}")
     lines.append("contact area           voxel^2      um^2")
     for name, n in result["contact_area_voxel2"].items():
         lines.append(f"  {name:<20} {n:>8d}  {result['contact_area_um2'][name]:>8.1f}")

@@ -132,7 +132,7 @@ def check_input(meta: dict, path, shape, voxel_size: float, h0: float) -> None:
                             f"electrode's {h0:.2f} um")
 
 
-def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: float | None = None,
+def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float | None, h0: float | None = None,
             speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
             rule: str = DEFAULT_RULE, threads: int | None = None, attrs: dict | None = None,
             progress: bool | None = None) -> dict:
@@ -143,6 +143,7 @@ def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: fl
     from tqdm import tqdm
 
     sess, meta = load_onnx(Path(model), threads)
+    voxel_size = float(meta.get("voxel_size_um", "nan")) if voxel_size is None else voxel_size
     given, h0 = start_frames(start, voxel_size, h0)
     check_input(meta, model, given.shape[1:], voxel_size, h0)
     lo, hi = _meta_list(meta, "cd_range_percent", model)
@@ -224,7 +225,8 @@ def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: i
         if start_frames != 1:
             raise CalbatchError(f"--start-frames 3 needs a series file, got the volume {start}")
         vol = read_volume(start)[None]
-        voxel_size = voxel_size_of(start, voxel_size)  # what the file states, else --voxel-size, else 0.4
+        if voxel_size is not None or "voxel_size_um" in volume_attrs(start):  # else the model's, as every command
+            voxel_size = voxel_size_of(start, voxel_size)
         kw = {"h0": volume_attrs(start).get("top_um"), "attrs": {"start_file": start.name}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExtrapolationWarning)
