@@ -299,3 +299,12 @@ def test_the_api_refuses_a_bool_mask_and_a_string_cd(work):
         p.predict(vol, "35")
     with pytest.raises(CalbatchError, match="a CD is a number"):
         p.predict(vol, [20, True])
+
+
+def test_optimize_refuses_an_unwritable_out_before_any_rollout(work):
+    (work / "file").write_text("x")
+    t0 = time.perf_counter()
+    proc = run_cli("optimize", work / "e1.npy", "--model", work / "tiny.onnx", "--porosity", "0.3",
+                   "--out", work / "file" / "r.json")
+    one_line(proc, "--out", "is a file, not a folder")
+    assert time.perf_counter() - t0 < 60  # no model loaded, no rollout run
