@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -256,7 +257,16 @@ class _Worker:
 
 # --- the whole screen -----------------------------------------------------------------------------
 
-def _first(cases_file, out, resume, model, threads, backend, allow_extrapolation):
+class _Start(NamedTuple):
+    screen: Screen
+    folder: Path
+    predictor: object
+    lock: FolderLock
+    attempt: int
+    done: list
+
+
+def _first(cases_file, out, resume, model, threads, backend, allow_extrapolation) -> _Start:
     """Rank 0's start: every check, then the lock, the folder and what is left to do."""
     screen, folder, predictor, case_list = prepare(cases_file, out, resume, model, threads, backend,
                                                    allow_extrapolation)
@@ -268,7 +278,7 @@ def _first(cases_file, out, resume, model, threads, backend, allow_extrapolation
     except BaseException:
         lock.release()
         raise
-    return screen, folder, predictor, lock, attempt, done
+    return _Start(screen, folder, predictor, lock, attempt, done)
 
 
 def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: int | None = None,
@@ -283,20 +293,19 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
     rank = comm.Get_rank()
     start = time.perf_counter()
     setup = run_guarded(_first, cases_file, out, resume, model, threads, backend, allow_extrapolation) if rank == 0 else None
-    shared = None
+    shared = None  # what every rank needs (the lock and the model session stay on rank 0)
     if rank == 0:
-        shared = setup if isinstance(setup, CaseError) else (setup[0], setup[1], setup[4], setup[5])
+        shared = setup if isinstance(setup, CaseError) else (setup.screen, setup.folder, setup.attempt, setup.done)
     shared = comm.bcast(shared, root=0)
     if isinstance(shared, CaseError):
         raise shared.exception()
     screen, folder, attempt, done = shared
-    lock = setup[3] if rank == 0 else None
     try:
-        return _run(comm, screen, folder, attempt, set(done), setup[2] if rank == 0 else None, threads, progress,
-                    plots, start)
+        return _run(comm, screen, folder, attempt, set(done), setup.predictor if rank == 0 else None, threads,
+                    progress, plots, start)
     finally:
-        if lock is not None:
-            lock.release()
+        if rank == 0:
+            setup.lock.release()
 
 
 def _run(comm, screen: Screen, folder: Path, attempt: int, done: set, predictor, threads, progress: bool,
