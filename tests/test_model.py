@@ -441,7 +441,7 @@ def test_command_line_errors_are_one_line(trained, series, tmp_path):
     corrupt.write_bytes(b"not a model")
     assert_one_line_error(run_cli("rollout", corrupt, src, "--cd", 20, "--out", tmp_path / "r.h5"), "corrupt.onnx")
     assert_one_line_error(run_cli("rollout", trained["onnx"], src, "--cd", 20, "--out", tmp_path / "r.h5",
-                                  "--voxel-size", 0.4), "voxel size 0.4")
+                                  "--voxel-size", 0.4), "its voxels are 1.9 um", "--voxel-size says 0.4")
     s = read_series(src)
     for k in ("frames", "positions", "time_us", "press_z_um", "phase", "wall_time_s"):
         s[k] = s[k][:3]

@@ -171,8 +171,11 @@ def test_yaml_config_equals_the_flags(capsys, tiny):
 
 def test_infeasible_target_names_the_reachable_range(tiny, fine):
     proc = run_cli("optimize", tiny["volume"], "--model", tiny["model"], "--porosity", "0.6")
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert_one_line_error(proc, "out of reach", "porosity 0.6", f"{fine[1].max():.4f}", "CD 20 %")
+    assert proc.returncode == 2 and proc.stdout == ""  # above the uncalendered porosity: said before any rollout
+    assert_one_line_error(proc, "out of reach", "porosity 0.6", "uncalendered")
+    proc = run_cli("optimize", tiny["volume"], "--model", tiny["model"], "--porosity", f"{fine[1].max() + 0.001:.4f}",
+                   "--quiet")  # below the start, above what the model reaches: the scanned range named
+    assert_one_line_error(proc, "out of reach", f"{fine[1].max():.4f}", "CD 20 %")
 
 
 def test_bad_flags_and_config_are_one_line(capsys, tiny):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..electrode.series import atomic_text
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from .output import count, finite, print_result, stdout_to_stderr, to_json
 
 
@@ -16,6 +17,24 @@ def check_json_out(path: str | None) -> None:
 
     if path is not None and (Path(path).is_dir() or not Path(path).suffix == ".json"):
         raise CalbatchError(f"--out {path}: expected a results file name ending in .json")
+    check_writable(path, "--out")
+
+
+def check_writable(path: str | None, option: str) -> None:
+    """Refuse a file whose folder cannot be made or written, before the work that fills it."""
+    import os
+
+    from ..errors import CalbatchError
+
+    if path is None:
+        return
+    parent = Path(path).absolute().parent
+    while not parent.exists():  # folders still to make: the first one that exists must take them
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CalbatchError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise CalbatchError(f"{option} {path}: the folder {parent} is not writable")
 
 
 def _yes(flag: bool) -> str:
@@ -105,8 +124,8 @@ def add_cli(subparsers) -> None:
     q.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
     q.add_argument("--repeats", type=count(), default=3, help="DL rollouts per case; times are their median (default 3)")
     q.add_argument("--no-fick", action="store_true", help="skip D_eff and tau (the Fick solves)")
-    q.add_argument("--cbd-diffusivity", type=finite("nonnegative"), default=0.354,
-                   help="CBD diffusivity relative to the pore's for the Fick solves (default 0.354)")
+    q.add_argument("--cbd-diffusivity", type=finite("nonnegative"), default=DEFAULT_CBD_DIFFUSIVITY,
+                   help=f"CBD diffusivity relative to the pore's for the Fick solves (default {DEFAULT_CBD_DIFFUSIVITY:.4f} = 0.5^1.5)")
     q.add_argument("--dataset", default=str(DEFAULT_DATASET),
                    help="dataset.json whose calender_settings the DEM uses (default: the default dataset's; "
                         "'none': calbatch's DEM defaults)")

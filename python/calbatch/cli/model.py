@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -82,9 +83,24 @@ def _export(args) -> None:
 
 
 def _rollout(args) -> None:
+    from ..data import example_volume_path
+    from ..electrode.checks import cd_margin, check_cd
+    from ..electrode.volume import split_h5_path
+    from ..errors import CalbatchError
+    from ..model.export import load_onnx
     from ..surrogate.rollout import rollout_file
 
-    r = rollout_file(Path(args.model), Path(args.start), args.cd, Path(args.out), args.start_frames, args.decision,
+    start = example_volume_path() if args.start == "example" else args.start
+    file = Path(split_h5_path(start)[0])
+    if Path(args.out).resolve() == file.resolve():
+        raise CalbatchError(f"--out {args.out}: is the start file; choose another name (its input is never overwritten)")
+    if Path(start).is_dir() or file.is_dir():
+        raise CalbatchError(f"{args.start}: is a folder, not a volume or series file")
+    if not args.allow_extrapolation:
+        _, meta = load_onnx(Path(args.model), 1)
+        lo_hi = json.loads(meta.get("cd_range_percent", "[0, 90]"))
+        check_cd(args.cd, tuple(lo_hi), cd_margin(meta), "--cd")
+    r = rollout_file(Path(args.model), Path(start), args.cd, Path(args.out), args.start_frames, args.decision,
                      args.voxel_size, args.threads)
     flag = "  (CD outside the trained range: extrapolated)" if r["cd_extrapolated"] else ""
     print_result(r, args.json, f"{r['out']}  {r['frames']} frames  CD {r['cd_percent']:g} %  "
@@ -139,7 +155,8 @@ def _evaluate(args) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExtrapolationWarning)
         r = evaluate(Path(args.model), [Path(s) for s in args.series], [Path(t) for t in args.twin], args.decision,
-                     args.threads, fick=not args.no_fick, out=Path(args.out) if args.out else None)
+                     args.threads, fick=not args.no_fick, out=Path(args.out) if args.out else None,
+                     progress=not args.quiet)
     r["warnings"] = [str(w.message) for w in caught]
     for w in caught:
         sys.stderr.write(f"calbatch evaluate: warning: {w.message}\n")
@@ -208,12 +225,15 @@ def add_cli(subparsers) -> None:
 
     p = subparsers.add_parser("rollout", help="free rollout of an ONNX model through the DEM's press schedule")
     p.add_argument("model", help="ONNX model from `calbatch export`")
-    p.add_argument("start", help="uncalendered volume (.npy, .tif, file.h5:/dataset) or a series file (.h5)")
+    p.add_argument("start", help="uncalendered volume (.npy, .tif, file.h5:/dataset, or example) or a series file (.h5)")
     p.add_argument("--cd", type=finite(), required=True, help="compression degree in percent")
     p.add_argument("--out", required=True, help="series file to write (.h5)")
     p.add_argument("--start-frames", type=int, choices=(1, 3), default=1,
                    help="frames of a series to start from (default 1: the uncalendered frame)")
-    p.add_argument("--voxel-size", type=finite(), default=None, help="voxel edge in um (default: the series', else 0.4)")
+    p.add_argument("--voxel-size", type=finite(), default=None,
+                   help="voxel edge in um (default: what the file states, else the model's; a file that states another is refused)")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="run a CD further outside the model's trained range than the margin its file states")
     rollout_common(p)
     p.set_defaults(run=_rollout)
 
@@ -225,6 +245,7 @@ def add_cli(subparsers) -> None:
                         "and CD: its errors are the ceiling (repeatable)")
     p.add_argument("--no-fick", action="store_true", help="skip the Fick solves (D_eff, tau) of the final frames")
     p.add_argument("--out", default=None, help="folder for evaluation.json and the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     rollout_common(p)
     p.set_defaults(run=_evaluate)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from .output import count, finite, print_result, stdout_to_stderr, to_json
 
-DEFAULTS = {"electrode": None, "model": None, "cd_range": None, "grid": 5, "xtol": 0.1, "cbd_diffusivity": 0.354,
+DEFAULTS = {"electrode": None, "model": None, "cd_range": None, "grid": 5, "xtol": 0.1, "cbd_diffusivity": DEFAULT_CBD_DIFFUSIVITY,
             "threads": None}
 
 
@@ -74,12 +75,13 @@ def _optimize(args) -> None:
     from ..optimize.plots import plot_curve
     from ..optimize.search import check_with_dem, load_electrode, optimize
     from ..screen import Predictor
-    from .bench import check_json_out
+    from .bench import check_json_out, check_writable
 
     s = _settings(args)
     check_json_out(args.out)
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise CalbatchError(f"--plot {args.plot}: expected a file name ending in .png")
+    check_writable(args.plot, "--plot")
     electrode = load_electrode(s["electrode"])
     if args.check_dem == "auto" and electrode["pack"] is None:  # say so before the search, not after
         raise CalbatchError(f"--check-dem: the electrode {electrode['name']} is a volume, not a pack; name the pack "
@@ -89,7 +91,8 @@ def _optimize(args) -> None:
     predictor = Predictor(s["model"], threads=s["threads"])
     load_s = time.perf_counter() - t0
     with stdout_to_stderr():  # PETSc and LIGGGHTS chatter off stdout
-        r = optimize(electrode, s["target"], predictor, s["cd_range"], s["grid"], s["xtol"], fick)
+        r = optimize(electrode, s["target"], predictor, s["cd_range"], s["grid"], s["xtol"], fick, not args.quiet,
+                     args.allow_extrapolation)
         r["model_load_s"] = load_s
         if args.check_dem:
             settings = dem_settings(None if args.dataset == "none" else Path(args.dataset))
@@ -121,7 +124,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--grid", type=count(2), default=None, help="CDs scanned before refining (default 5)")
     p.add_argument("--xtol", type=finite(), default=None, help="CD tolerance of the refinement, percent (default 0.1)")
     p.add_argument("--cbd-diffusivity", type=finite("nonnegative"), default=None,
-                   help="CBD diffusivity relative to the pore's, for tau (default 0.354)")
+                   help=f"CBD diffusivity relative to the pore's, for tau (default {DEFAULT_CBD_DIFFUSIVITY:.4f} = 0.5^1.5)")
     p.add_argument("--threads", type=count(), default=None, help="ONNX Runtime threads (default: its choice)")
     p.add_argument("--check-dem", nargs="?", const="auto", default=None, metavar="PACK",
                    help="run the DEM at the CD found and compare (the electrode's pack, or PACK)")
@@ -129,5 +132,8 @@ def add_cli(subparsers) -> None:
                    help="dataset.json whose calender settings the DEM check uses (default: the default dataset's)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="the searched curve as a PNG")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the results as JSON here")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="search CDs further outside the model's trained range than the margin its file states")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_optimize)

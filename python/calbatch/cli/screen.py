@@ -14,6 +14,7 @@ def _demo(args) -> None:
     from ..data import example_cases_path
 
     args.cases, args.model, args.threads, args.no_plots, args.backend = example_cases_path(), None, None, False, None
+    args.allow_extrapolation = False
     # a second demo into the same folder finds every case done and shows the table again
     args.resume = Path(args.out).is_dir()
     _screen(args)
@@ -24,7 +25,8 @@ def _screen(args) -> None:
 
     with stdout_to_stderr():  # PETSc and ONNX Runtime chatter off stdout
         summary = run_screen(args.cases, out=args.out, resume=args.resume, model=args.model, threads=args.threads,
-                             plots=not args.no_plots, backend=args.backend)
+                             plots=not args.no_plots, backend=args.backend, progress=not args.quiet,
+                             allow_extrapolation=args.allow_extrapolation)
     table = summary.pop("table")
     lines = [table, "",
              f"{summary['finished']} of {summary['cases']} cases in {summary['results_csv']} "
@@ -53,11 +55,15 @@ def add_cli(subparsers) -> None:
     p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="where the network runs (overrides the cases file's backend:; default cpu)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="run CDs further outside the model's trained range than the margin its file states")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_screen)
 
     p = subparsers.add_parser("demo", help="the main job: screen the shipped example electrode at CD 20, 35 and 50 "
                                            "with the shipped model (porosity, contact areas, D_eff, tau, plots)")
     p.add_argument("--out", default="calbatch_demo", metavar="DIR", help="output folder (default calbatch_demo)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_demo)

@@ -35,16 +35,22 @@ def measure(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, nanop
     - ``thickness_um``: (highest z-slice holding CBD or AM + 1) * voxel_size; 0 without solid.
     - ``contact_area_voxel2`` / ``contact_area_um2``: voxel faces shared by each phase pair, periodic
       in x and y (the wrap faces count), not in z.
+    - ``undefined``: the ratios that are 0/0 here (no electrode, no solid, no AM surface); they are NaN.
+
+    Lengths and areas are rounded to 12 significant digits: 76 x 0.4 is 30.4, not 30.400000000000002.
     """
     histogram, faces, top = _core.census(np.ascontiguousarray(volume, dtype=np.uint8), periodic_xy)
     counts = {name: int(histogram[code]) for code, name in PHASES.items()}
     electrode = sum(counts[PHASES[c]] for c in (PORE, CBD, AM))
     total = int(volume.size)
-    fractions = {PHASES[c]: (counts[PHASES[c]] / electrode if electrode else 0.0) for c in (PORE, CBD, AM)}
+    nan = float("nan")
+    fractions = {PHASES[c]: (counts[PHASES[c]] / electrode if electrode else nan) for c in (PORE, CBD, AM)}
     fractions["void"] = counts["void"] / total
     area_voxel2 = {name: int(faces[a, b]) for name, (a, b) in CONTACT_PAIRS.items()}
     solid = counts["CBD"] + counts["AM"]
     am_surface = area_voxel2["AM-CBD"] + area_voxel2["pore-AM"] + area_voxel2["void-AM"]
+    undefined = [name for name, whole in (("porosity", electrode), ("cbd_share_of_solid", solid),
+                                          ("am_surface_on_cbd", am_surface)) if not whole]
     return {
         "shape_zyx": list(volume.shape),
         "voxel_size_um": voxel_size,
@@ -53,13 +59,19 @@ def measure(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, nanop
         "porosity": fractions["pore"],
         "porosity_all": fractions["pore"] + nanoporosity * fractions["CBD"],
         "nanoporosity": nanoporosity,
-        "cbd_share_of_solid": counts["CBD"] / solid if solid else 0.0,
-        "am_surface_on_cbd": area_voxel2["AM-CBD"] / am_surface if am_surface else 0.0,
+        "cbd_share_of_solid": counts["CBD"] / solid if solid else nan,
+        "am_surface_on_cbd": area_voxel2["AM-CBD"] / am_surface if am_surface else nan,
         "thickness_voxels": int(top) + 1,
-        "thickness_um": (int(top) + 1) * voxel_size,
+        "thickness_um": _clean((int(top) + 1) * voxel_size),
         "contact_area_voxel2": area_voxel2,
-        "contact_area_um2": {name: n * voxel_size**2 for name, n in area_voxel2.items()},
+        "contact_area_um2": {name: _clean(n * voxel_size**2) for name, n in area_voxel2.items()},
+        "undefined": undefined,
     }
+
+
+def _clean(x: float) -> float:
+    """``x`` without the binary noise of a product of decimals."""
+    return float(f"{x:.12g}")
 
 
 def cbd_distribution(volume: np.ndarray, bands: int = 5) -> dict:
@@ -106,6 +118,8 @@ def format_table(result: dict) -> str:
     for name, frac in result["fractions"].items():
         basis = "of grid" if name == "void" else "of electrode"
         lines.append(f"fraction {name:<14}{frac:.4f} {basis}")
+    if result.get("undefined"):
+        lines.append(f"undefined (0/0)        {', '.join(result['undefined'])}")
     lines.append("contact area           voxel^2      um^2")
     for name, n in result["contact_area_voxel2"].items():
         lines.append(f"  {name:<20} {n:>8d}  {result['contact_area_um2'][name]:>8.1f}")

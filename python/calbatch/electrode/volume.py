@@ -24,6 +24,8 @@ CODE_TO_CLASS[CLASS_CODES] = np.arange(len(CLASS_CODES))
 DEFAULT_VOXEL_SIZE_UM = 0.4
 # The CBD is a nanoporous carbon + binder domain; half of it is pore by default (Franco group).
 DEFAULT_NANOPOROSITY = 0.5
+# The CBD's diffusivity relative to the electrolyte's: Bruggeman, eps_CBD^1.5 (Chouchane et al. 2019).
+DEFAULT_CBD_DIFFUSIVITY = DEFAULT_NANOPOROSITY**1.5
 
 _TIFF = (".tif", ".tiff")
 _H5 = (".h5", ".hdf5")
@@ -44,7 +46,7 @@ def validate(volume: np.ndarray, source: str) -> np.ndarray:
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise CalbatchError(f"{source}: expected a 3-D volume, got {volume.ndim}-D with shape {volume.shape}")
-    if not (np.issubdtype(volume.dtype, np.integer) or volume.dtype == np.bool_):
+    if not np.issubdtype(volume.dtype, np.integer):  # a bool mask is not a phase volume
         raise CalbatchError(f"{source}: expected integer phase codes, got dtype {volume.dtype}")
     if volume.size == 0:
         raise CalbatchError(f"{source}: volume is empty (shape {volume.shape})")
@@ -84,6 +86,43 @@ def read_volume(spec: str | os.PathLike) -> np.ndarray:
     except Exception as exc:  # corrupt or truncated files surface here from numpy/tifffile/h5py
         raise CalbatchError(f"{spec}: cannot read volume ({type(exc).__name__}: {_first_line(exc)})") from None
     return validate(data, spec)
+
+
+def volume_attrs(spec: str | os.PathLike) -> dict:
+    """What a volume file states about itself: ``voxel_size_um`` and, for an uncalendered pack,
+    ``top_um`` (the HDF5 dataset's attributes, else its file's; .npy and .tif state nothing)."""
+    path, inner = split_h5_path(str(spec))
+    if Path(path).suffix.lower() not in _H5:
+        return {}
+    import h5py
+
+    found: dict = {}
+    try:
+        with h5py.File(path, "r") as f:
+            sources = [f.attrs]
+            if inner is not None and inner in f:
+                sources.insert(0, f[inner].attrs)
+            for key in ("voxel_size_um", "top_um"):
+                for attrs in sources:
+                    if key in attrs and key not in found:
+                        found[key] = float(attrs[key])
+    except OSError:
+        raise CalbatchError(f"{path}: cannot read HDF5") from None
+    return found
+
+
+def voxel_size_of(spec: str | os.PathLike, given: float | None, model: float | None = None,
+                  option: str = "--voxel-size") -> float:
+    """The voxel size of a volume file: the one it states, which ``given`` (``option``) and the
+    model's must match; else ``given``, else the model's, else the default. A mismatch is one line."""
+    stated = volume_attrs(spec).get("voxel_size_um")
+    for value, name in ((given, option), (model, "the model")):
+        if stated is not None and value is not None and abs(value - stated) > 1e-6 * stated:
+            raise CalbatchError(f"{spec}: its voxels are {stated:g} um; {name} says {value:g} um")
+    for value in (stated, given, model):
+        if value is not None:
+            return float(value)
+    return DEFAULT_VOXEL_SIZE_UM
 
 
 def _read_tiff(path: str) -> np.ndarray:

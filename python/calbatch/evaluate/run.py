@@ -18,7 +18,6 @@ Inputs are all checked before any work starts; the JSON report and the plots
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -197,11 +196,11 @@ def summarize(reports: list[dict]) -> dict:
 
 
 def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: int | None = None, fick: bool = True,
-             out: Path | None = None, progress: bool | None = None) -> dict:
+             out: Path | None = None, progress: bool = False) -> dict:
     """The report of ``model`` on each of ``series`` (see the module); with ``out`` also the PNG
     plots there (listed under ``plots``). A CD outside the model's trained range is flagged
     ``cd_extrapolated`` and warned about (:class:`calbatch.surrogate.contract.ExtrapolationWarning`)."""
-    from tqdm import tqdm
+    from ..common.progress import Progress
 
     model = Path(model)
     stepper = Stepper(model, rule=rule, threads=threads)
@@ -212,10 +211,11 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
     cases = [_Case(Path(p), stepper.model) for p in series]
     _attach_twins(cases, twins)
     reports, slices = [], []
-    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress("evaluate", len(cases), "series", progress)
     t0 = time.perf_counter()
-    for case in tqdm(cases, desc="evaluate", unit="series", file=sys.stderr, disable=not show, leave=False):
+    for case in cases:
         r, sl = evaluate_case(stepper, case, fick)
+        bar.update(None, f"{case.path.name} CD {case.cd:g}")
         if r["cd_extrapolated"]:
             lo, hi = stepper.model.cd_range
             warnings.warn(f"{case.path}: CD {case.cd:g} % is outside the model's trained range {lo:g}-{hi:g} %: "

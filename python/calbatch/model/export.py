@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.checks import DEFAULT_CD_MARGIN
 from ..electrode.volume import PHASES
 from ..errors import CalbatchError
 from ..surrogate.contract import CLASS_CODES, COND_NAMES, MODEL_FORMAT, Kind, conditioning, load_onnx
@@ -46,6 +47,7 @@ def metadata(run: dict, porosity: dict | None = None) -> dict:
         "grid_zyx": json.dumps(run["grid_zyx"]), "fixed_grid": json.dumps(kind.fixed_grid),
         "grid_multiple_xy": str(factor), "voxel_size_um": repr(float(run["voxel_size_um"])),
         "cd_range_percent": json.dumps(run["cd_range"]),
+        "cd_margin_percent": repr(DEFAULT_CD_MARGIN),  # how far past the range its CDs are still taken
         "phase_codes": json.dumps({str(k): v for k, v in PHASES.items()}), "class_codes": json.dumps(CLASS_CODES.tolist()),
         "inputs": json.dumps({"frames": "uint8 (B, nz, ny, nx, 3) phase codes of the 3 past frames, oldest first",
                               "cond": f"float32 (B, {len(COND_NAMES)})"}),

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from ..common.yamlconfig import check_tree, read_yaml, validation_error, walk, where
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from ..errors import CalbatchError
 from .search import Target
 
@@ -21,7 +22,7 @@ target: {porosity: 0.30}    # or {tau: 2.0}, or {minimize: tau, max_porosity: 0.
 cd_range: [20, 50]          # percent; default: the model's trained range
 grid: 5                     # CDs scanned before the refinement
 xtol: 0.1                   # CD tolerance of the refinement (percent)
-cbd_diffusivity: 0.354      # Fick solves (tau targets)
+cbd_diffusivity: 0.3536     # Fick solves (tau targets); default 0.5^1.5
 threads: 2                  # ONNX Runtime threads; default: its choice
 """
 
@@ -46,7 +47,7 @@ class OptimizeFile(_Strict):
     cd_range: Annotated[list[Number], Field(min_length=2, max_length=2)] | None = None
     grid: Annotated[int, Strict(), Field(ge=2, le=1000)] = 5
     xtol: Annotated[Number, Field(gt=0)] = 0.1
-    cbd_diffusivity: Annotated[Number, Field(ge=0)] = 0.354
+    cbd_diffusivity: Annotated[Number, Field(ge=0)] = DEFAULT_CBD_DIFFUSIVITY
     threads: Annotated[int, Strict(), Field(ge=1, le=1024)] | None = None
 
 

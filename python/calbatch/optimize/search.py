@@ -15,13 +15,13 @@ settings as a YAML file: :mod:`calbatch.optimize.config`.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..electrode.checks import check_frames
 from ..errors import CalbatchError
 
 KINDS = ("porosity", "tau", "min_tau")
@@ -57,12 +57,13 @@ def load_electrode(spec: str | None) -> dict:
     example electrode, read from the pack it was voxelized from: the DEM's top and a DEM check)."""
     import h5py
 
+    from ..data import example_volume_path
     from ..dem.reference import default_pack, read_electrode
-    from ..electrode.volume import read_volume
+    from ..electrode.volume import read_volume, volume_attrs
 
-    if spec in (None, "example"):
-        e = read_electrode(default_pack())
-        return {"volume": e["volume"], "h0": e["h0"], "pack": e["pack"], "name": "example"}
+    if spec in (None, "example"):  # its top from its voxels, as every command takes it; its pack for a DEM check
+        return {"volume": read_volume(example_volume_path()), "h0": None, "pack": str(default_pack()), "name": "example",
+                "voxel_size": volume_attrs(example_volume_path()).get("voxel_size_um")}
     path = Path(spec)
     if path.suffix in (".h5", ".hdf5") and path.is_file():
         try:
@@ -74,7 +75,11 @@ def load_electrode(spec: str | None) -> dict:
             e = read_electrode(path)
             return {"volume": e["volume"], "h0": e["h0"], "pack": str(path), "name": str(path),
                     "voxel_size": e["voxel_size"]}
-    return {"volume": read_volume(spec), "h0": None, "pack": None, "name": str(spec)}
+    if Path(spec).is_dir():
+        raise CalbatchError(f"{spec}: is a folder, not a volume or pack file")
+    attrs = volume_attrs(spec)
+    return {"volume": read_volume(spec), "h0": attrs.get("top_um"), "pack": None, "name": str(spec),
+            "voxel_size": attrs.get("voxel_size_um")}
 
 
 # --- the curve, evaluated on demand ---------------------------------------------------------------
@@ -94,7 +99,10 @@ class Curve:
         if cd not in self.points:
             t0 = time.perf_counter()
             e = self.electrode  # the final frame only: the rollout keeps a ring of the last three
-            final = self.predictor.cases([e["volume"]], [cd], [e["h0"]], series=False)[0].final
+            case = self.predictor.cases([e["volume"]], [cd], [e["h0"]], series=False)[0]
+            final = case.final
+            check_frames([e["volume"], final], {"voxel_size_um": self.predictor.voxel_size, "uncalendered_top_um": case.h0,
+                                                "press_lowest_um": case.sched["press_lowest_um"]})
             m = self.predictor.measure(final)["metrics"]
             p = {"cd_percent": cd, "porosity": m["porosity"], "thickness_um": m["thickness_um"],
                  "stage": self.stage, "cd_extrapolated": self.predictor.extrapolated(cd)}
@@ -106,9 +114,8 @@ class Curve:
             p["seconds"] = time.perf_counter() - t0
             self.points[cd] = p
             if self.bar is not None:
-                self.bar.update(1)
-                self.bar.set_postfix_str(f"CD {cd:.2f}: porosity {p['porosity']:.4f}"
-                                         + (f" tau {p['tau']:.3f}" if "tau" in p else ""))
+                self.bar.update(None, f"CD {cd:.3f}: porosity {p['porosity']:.4f}"
+                                + (f" tau {p['tau']:.3f}" if "tau" in p else "") + f" ({p['seconds']:.1f} s, {self.stage})")
         return self.points[cd]
 
     def value(self, key: str, cd: float) -> float:
@@ -203,11 +210,14 @@ def _min_tau(curve: Curve, target: Target, grid: list[float], xtol: float) -> di
 
 
 def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, float] | None = None,
-             grid: int = 5, xtol: float = 0.1, fick: dict | None = None, progress: bool | None = None) -> dict:
+             grid: int = 5, xtol: float = 0.1, fick: dict | None = None, progress: bool = False,
+             allow_extrapolation: bool = False) -> dict:
     """The CD that meets ``target`` for ``electrode`` (:func:`load_electrode`) with ``predictor``
     (a :class:`calbatch.screen.Predictor`); ``cd_range`` defaults to the model's trained range;
     ``fick``: :class:`calbatch.transport.FickSolver` options. See the module."""
-    from tqdm import tqdm
+    from ..common.progress import Progress
+    from ..electrode.checks import cd_margin, check_cd
+    from ..electrode.metrics import measure
 
     lo, hi = (float(c) for c in (cd_range or predictor.cd_range))
     if not 0 < lo < hi < 90:
@@ -216,18 +226,23 @@ def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, 
         raise CalbatchError(f"--grid: at least 2 CDs to scan, got {grid}")
     if not xtol > 0:
         raise CalbatchError(f"--xtol: must be positive, got {xtol:g}")
-    vs = electrode.get("voxel_size", predictor.voxel_size)  # a pack knows its voxel size, a volume file does not
+    if not allow_extrapolation:
+        for cd in (lo, hi):
+            check_cd(cd, predictor.cd_range, cd_margin(predictor.meta), "--cd-range: CD")
+    vs = electrode.get("voxel_size") or predictor.voxel_size  # what the file states, if it does
     if abs(vs - predictor.voxel_size) > 1e-6 * predictor.voxel_size:
         raise CalbatchError(f"{electrode['name']}: voxels of {vs:g} um; the model takes {predictor.voxel_size:g} um")
     predictor.check(electrode["volume"], electrode["name"])
-    show = sys.stderr.isatty() if progress is None else progress
+    start = measure(electrode["volume"], predictor.voxel_size)["porosity"]
+    if target.kind == "porosity" and not target.value < start:  # pressing only closes pores: say so before any rollout
+        raise CalbatchError(f"target {target.describe()} is out of reach: the uncalendered electrode's porosity is "
+                            f"{start:.4f} and calendering lowers it")
     t0 = time.perf_counter()
-    with tqdm(desc=f"optimize {target.describe()}", unit="rollout", file=sys.stderr, disable=not show,
-              leave=False) as bar:
-        curve = Curve(predictor, electrode, (fick or {}) if target.needs_fick else None, bar)
-        cds = np.linspace(lo, hi, grid).tolist()
-        found = _min_tau(curve, target, cds, xtol) if target.kind == "min_tau" else _reach_target(curve, target, cds, xtol)
-        answer = dict(curve(found.pop("cd_percent")))
+    bar = Progress("optimize", None, "rollout", progress)
+    curve = Curve(predictor, electrode, (fick or {}) if target.needs_fick else None, bar)
+    cds = np.linspace(lo, hi, grid).tolist()
+    found = _min_tau(curve, target, cds, xtol) if target.kind == "min_tau" else _reach_target(curve, target, cds, xtol)
+    answer = dict(curve(found.pop("cd_percent")))
     seconds = time.perf_counter() - t0
     start = predictor.measure(electrode["volume"], fick=(fick or {}) if target.needs_fick else False)
     uncalendered = {"porosity": start["metrics"]["porosity"], **({"tau": start["fick"]["tau"]} if "fick" in start else {})}

@@ -7,13 +7,14 @@ electrodes:                        # files, globs (file.h5:/dataset allowed), or
   - example
   - {path: "packs/*.npy", name: pack}   # name: a prefix for the files the glob finds
 cds: [20, 30, {from: 35, to: 50, step: 2.5}]   # percent; a range includes both ends
-fick: {enabled: true, cbd_diffusivity: 0.354, tolerance: 1.0e-4, ranks_per_case: 1}
+fick: {enabled: true, cbd_diffusivity: 0.3536, tolerance: 1.0e-4, ranks_per_case: 1}   # default D: 0.5^1.5
 keep: {final_volumes: false, series: false}
 decision: particles                # a decision rule (calbatch rollout --help lists them)
 voxel_size: 0.4                    # um; default: the model's
 batch_size: 1                      # cases sharing one network call
 threads: 0                         # ONNX Runtime threads per rank; 0: its default
 backend: cpu                       # where the network runs (calbatch.surrogate.backends)
+allow_extrapolation: false         # run CDs further outside the model's trained range than its margin
 ```
 
 Relative paths are taken from the cases file's folder. Cases are electrodes x CDs, with stable ids
@@ -32,6 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError
 
 from ..common.yamlconfig import check_tree, read_yaml, validation_error, walk, where
+from ..electrode.volume import DEFAULT_CBD_DIFFUSIVITY
 from ..errors import CalbatchError
 from ..surrogate.backends import BACKENDS
 from ..surrogate.rules import DEFAULT_RULE, RULES
@@ -71,7 +73,7 @@ ElectrodeItem = Annotated[Annotated[Annotated[str, Field(min_length=1)], Tag("sp
 
 class Fick(_Strict):
     enabled: Annotated[bool, Strict()] = True
-    cbd_diffusivity: Annotated[Number, Field(ge=0)] = 0.354
+    cbd_diffusivity: Annotated[Number, Field(ge=0)] = DEFAULT_CBD_DIFFUSIVITY
     tolerance: Annotated[Number, Field(gt=0, lt=1)] = 1e-4
     ranks_per_case: Annotated[int, Strict(), Field(ge=1)] = 1
 
@@ -92,6 +94,7 @@ class CasesFile(_Strict):
     batch_size: Annotated[int, Strict(), Field(ge=1, le=1024)] = 1
     threads: Annotated[int, Strict(), Field(ge=0, le=1024)] = 0
     backend: Literal[BACKENDS] = BACKENDS[0]
+    allow_extrapolation: Annotated[bool, Strict()] = False
 
 
 # keys allowed in each mapping, by the path of that mapping (ints as the item marker)
@@ -125,10 +128,11 @@ class Screen:
     cases: list[Case]
 
     def settings(self) -> dict:
-        """What a resumed run must share with the first (the results depend on it)."""
+        """What a resumed run must share with the first (the results depend on it; how many ranks
+        share a Fick solve does not, and the model is compared by content with the case list)."""
         c = self.config
-        return {"model": str(self.model), "decision": c.decision, "voxel_size": c.voxel_size,
-                "fick": c.fick.model_dump(), "keep": c.keep.model_dump()}
+        return {"decision": c.decision, "voxel_size": c.voxel_size,
+                "fick": c.fick.model_dump(exclude={"ranks_per_case"}), "keep": c.keep.model_dump()}
 
 
 # --- the file -----------------------------------------------------------------------------------
@@ -167,6 +171,8 @@ def expand_cds(config: CasesFile, path: Path, root) -> list[float]:
             if n > MAX_CASES:
                 raise CalbatchError(f"{where(path, node)}: cds[{i}]: {n} values; at most {MAX_CASES} (a larger step)")
             new = [item.from_ + k * item.step for k in range(n)]
+            if item.to - new[-1] > 1e-6:  # both ends, also when the step does not land on 'to'
+                new.append(item.to)
         else:
             new = [item]
         for v in new:
@@ -203,6 +209,9 @@ def expand_electrodes(config: CasesFile, path: Path, root) -> list[Electrode]:
             found = sorted(glob.glob(file))
             if not found:
                 raise CalbatchError(f"{where(path, node)}: electrodes[{i}]: {spec!r} matches no file")
+        elif os.path.isdir(file):
+            raise CalbatchError(f"{where(path, node)}: electrodes[{i}]: {file} is a folder, not a volume file "
+                                f"(name its files, e.g. {spec.rstrip('/')}/*.npy)")
         elif not os.path.isfile(file):
             raise CalbatchError(f"{where(path, node)}: electrodes[{i}]: {file}: no such file "
                                 "(a volume file, a glob, or the word example)")

@@ -2,177 +2,86 @@
 MPI ranks, each finished case saved at once, so a crash or kill loses none of them.
 
 - Rank 0 reads and checks everything (the cases file, the model, every electrode against the
-  model) before anything is written; an error is agreed by all ranks (one line, exit 2).
+  model, the CDs against its trained range, a resume against the first run) before anything is
+  written; an error is agreed by all ranks (one line, exit 2). It then takes the folder's lock
+  (:mod:`calbatch.common.lock`): one run per folder.
 - Cases still to do are dealt round robin to the ranks, or, with ``fick.ranks_per_case`` = r > 1,
-  to groups of r ranks: the group's first rank rolls out and measures, the group solves Fick.
-- Each rank appends one JSON line per finished case to its own part file,
-  ``DIR/parts/run<attempt>-rank<rank>.jsonl`` (written, flushed and fsync'ed; kept volumes and
-  series are written atomically before their line). A run that is killed leaves at most a torn
-  last line, which is ignored, and that case is done again on ``--resume``.
-- ``--resume`` reads every part file, skips the cases found there and writes new part files (a new
-  attempt number), so no case is written twice; the merge keeps each case's first record.
+  to groups of r ranks: the group's first rank rolls out and measures, the group solves Fick. A
+  rank or group with no case joins every collective all the same.
+- Each rank appends one JSON line per finished case to its own part file (:mod:`.folder`); kept
+  volumes and series are written atomically before their line. ``--resume`` skips the cases found
+  there and writes new part files, so no case is written twice.
+- A case whose prediction is not physical (:mod:`calbatch.electrode.checks`) fails with its reason.
 - At the end rank 0 merges the part files into ``results.csv`` / ``results.json`` (one row per case
   of the cases file, in case order), draws the plots and returns the summary.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from ..common.lock import LOCK_NAME, FolderLock, holder
 from ..common.mpi import CaseError, agree, run_guarded, split_groups
-from ..electrode.series import atomic_text
+from ..common.progress import Progress
 from ..errors import CalbatchError
+from . import folder as fold
 from . import report
 from .config import Case, Screen, load
 
-MANIFEST = "screen.json"
-_PART = re.compile(r"^run(\d+)-rank(\d+)\.jsonl$")
-
-
-def _safe(case_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+@-]", "_", case_id)
-
-
-# --- part files -----------------------------------------------------------------------------------
-
-def read_parts(out: Path) -> list[dict]:
-    """Every complete record in ``out/parts`` (a torn last line of a killed run is skipped), in
-    file order (attempt, rank) and line order."""
-    records = []
-    parts = out / "parts"
-    if not parts.is_dir():
-        return records
-    names = sorted((tuple(int(g) for g in m.groups()), p.name) for p in parts.iterdir() if (m := _PART.match(p.name)))
-    for _, name in names:
-        with open(parts / name, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # torn by a kill: the case was not finished
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return records
-
-
-def finished(out: Path) -> dict[str, dict]:
-    """case id -> its first record."""
-    done: dict[str, dict] = {}
-    for r in read_parts(out):
-        done.setdefault(r["case_id"], r)
-    return done
-
-
-class PartWriter:
-    """One rank's part file: a line per finished case, on disk before the next case starts."""
-
-    def __init__(self, out: Path, attempt: int, rank: int):
-        self.path = out / "parts" / f"run{attempt:03d}-rank{rank:04d}.jsonl"
-        self.file = None
-
-    def write(self, record: dict) -> None:
-        if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-        self.file.write(json.dumps(record) + "\n")  # inf / nan as JSON extensions, read back by json
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-class _Progress:
-    """Rank 0's bar over every rank's finished cases (counted from the part files' lines)."""
-
-    def __init__(self, out: Path, attempt: int, total: int, show: bool | None):
-        from tqdm import tqdm
-
-        self.parts, self.prefix = out / "parts", f"run{attempt:03d}-"
-        self.sizes: dict[str, tuple[int, int]] = {}
-        self.bar = tqdm(total=total, desc="screen", unit="case", file=sys.stderr,
-                        disable=(not sys.stderr.isatty()) if show is None else not show)
-
-    def poll(self) -> None:
-        count = 0
-        for p in self.parts.glob(self.prefix + "*.jsonl"):
-            offset, lines = self.sizes.get(p.name, (0, 0))
-            with open(p, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            lines += chunk.count(b"\n")
-            self.sizes[p.name] = (offset + len(chunk), lines)
-            count += lines
-        self.bar.update(count - self.bar.n)
-
-    def close(self) -> None:
-        self.poll()
-        self.bar.close()
-
-
 # --- checks before anything is written ------------------------------------------------------------
 
-def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int | None = None,
-            backend: str | None = None):
-    """Check the cases file, the model and every electrode; check the output folder. Returns the
-    :class:`Screen`, the output folder and a :class:`~calbatch.screen.Predictor`."""
-    from ..electrode.volume import read_volume
+def _predictor(screen: Screen, threads: int | None):
     from ..surrogate.predictor import Predictor
+
+    c = screen.config
+    return Predictor(screen.model, rule=c.decision, voxel_size=c.voxel_size, threads=threads or c.threads or None,
+                     batch_size=c.batch_size, backend=c.backend)
+
+
+def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int | None = None,
+            backend: str | None = None, allow_extrapolation: bool = False):
+    """Check the cases file, the model, every electrode and CD, the output folder and (on resume)
+    that the run in it is the same screen. Returns the :class:`Screen`, the output folder, a
+    :class:`~calbatch.screen.Predictor` and the case list (content hashes, CDs)."""
+    from ..electrode.checks import cd_margin, check_cd
+    from ..electrode.volume import read_volume, voxel_size_of
 
     screen = load(cases_file, model)
     c = screen.config
     if backend:  # --backend overrides the cases file's backend:
         c.backend = backend
     out = Path(out) if out is not None else Path(f"screen_{screen.source.stem}")
-    manifest = out / MANIFEST
     if out.exists() and not out.is_dir():
         raise CalbatchError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not resume:
-            raise CalbatchError(f"--out {out}: the folder exists; --resume continues it, or choose another --out")
-        if not manifest.is_file():
-            raise CalbatchError(f"--resume: {out} holds no {MANIFEST}: not a screen's output folder")
-        try:
-            before = json.loads(manifest.read_text())["settings"]
-        except (ValueError, KeyError):
-            raise CalbatchError(f"--resume: {manifest} is unreadable") from None
-        now = json.loads(json.dumps(screen.settings()))
-        changed = [k for k in now if before.get(k) != now[k]]
-        if changed:
-            raise CalbatchError(f"--resume: {changed[0]} differs from the run in {out} ({before.get(changed[0])!r} "
-                                f"there, {now[changed[0]]!r} now); choose another --out")
-    predictor = Predictor(screen.model, rule=c.decision, voxel_size=c.voxel_size, threads=threads or c.threads or None,
-                          batch_size=c.batch_size, backend=c.backend)
+    running = holder(out / LOCK_NAME)
+    if running is not None:
+        raise CalbatchError(f"--out {out}: another run is using this folder ({running.get('what')}, pid "
+                            f"{running.get('pid')} on {running.get('host')}, since {running.get('started')}); "
+                            "wait for it to end or choose another --out")
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not resume:
+        raise CalbatchError(f"--out {out}: the folder exists; --resume continues it, or choose another --out")
+    predictor = _predictor(screen, threads)
+    hashes = {}
     for e in screen.electrodes:
         where = f"{screen.source}, line {e.line}" if e.line else str(screen.source)
         try:
-            predictor.check(read_volume(e.spec), e.spec)
+            voxel_size_of(e.spec, c.voxel_size, predictor.model_voxel_size, "voxel_size in the cases file")
+            volume, _ = predictor.check(read_volume(e.spec), e.spec)
         except CalbatchError as exc:
             raise CalbatchError(f"{where}: electrode {e.name}: {exc}") from None
-    return screen, out, predictor
-
-
-def _start_folder(screen: Screen, out: Path) -> int:
-    """Create the output folders and manifest; return this run's attempt number."""
-    for sub in ("parts", "volumes", "series"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    attempts = [int(m.group(1)) for p in (out / "parts").iterdir() if (m := _PART.match(p.name))]
-    attempt = max(attempts, default=-1) + 1
-    manifest = out / MANIFEST
-    if not manifest.is_file():
-        from .. import __version__
-
-        text = json.dumps({"format": "calbatch-screen/1", "calbatch_version": __version__,
-                           "cases_file": str(screen.source.resolve()), "settings": screen.settings()}, indent=1)
-        atomic_text(manifest, text + "\n")
-    return attempt
+        hashes[e.name] = fold.volume_hash(volume)
+    if not (allow_extrapolation or c.allow_extrapolation):
+        for cd in screen.cds:
+            check_cd(cd, predictor.cd_range, cd_margin(predictor.meta), f"{screen.source}: cds: CD")
+    case_list = {"model_sha256": fold.file_hash(screen.model), "electrodes": hashes, "cds": screen.cds}
+    if resume and out.is_dir() and any(out.iterdir()):
+        fold.check_resume(out, screen.settings(), case_list)
+    return screen, out, predictor, case_list
 
 
 # --- one case -------------------------------------------------------------------------------------
@@ -182,117 +91,139 @@ def _base(case: Case) -> dict:
             "electrode_file": case.electrode.spec, "cd_percent": case.cd}
 
 
-def _failed(case: Case, err: CaseError, rank: int, timings: dict) -> dict:
+def _error_line(err: CaseError) -> str:
     lines = err.text.strip().splitlines() or ["unknown error"]
-    return {**_base(case), "status": "failed", "error": lines[0] if err.kind == "user" else lines[-1],
-            "traceback": None if err.kind == "user" else err.text, "flags": "", "rank": rank,
-            **{f"time_{k}_s": v for k, v in timings.items()}}
+    return lines[0] if err.kind == "user" else lines[-1]
+
+
+@dataclass
+class _Rolled:
+    """A case on its way through the group leader: its series and the metrics of its start, or
+    the error that stopped it; the seconds of each stage."""
+    case: Case
+    timings: dict = field(default_factory=dict)
+    state: object = None  # the engine's case while it rolls out
+    series: dict | None = None
+    before: dict | None = None
+    error: CaseError | None = None
 
 
 class _Worker:
     """A group leader's rollouts (batched) and metrics; every group rank's Fick solve."""
 
-    def __init__(self, screen: Screen, out: Path, predictor, comm, sub, leader: bool, writer: PartWriter | None):
+    def __init__(self, screen: Screen, out: Path, predictor, sub, leader: bool, rank: int,
+                 writer: fold.PartWriter | None):
         self.screen, self.out, self.p = screen, out, predictor
-        self.comm, self.sub, self.leader, self.writer = comm, sub, leader, writer
-        self.rank = comm.Get_rank()
-        self._volumes: dict[str, np.ndarray] = {}
+        self.sub, self.leader, self.rank, self.writer = sub, leader, rank, writer
+        self._volumes: dict[str, tuple[np.ndarray, float | None]] = {}
         self.fick = screen.config.fick
         self.keep = screen.config.keep
 
-    def _read(self, spec: str) -> np.ndarray:
-        from ..electrode.volume import read_volume
+    def _read(self, spec: str) -> tuple[np.ndarray, float | None]:
+        """The electrode and its stated uncalendered top (a pack's), else None: from the voxels."""
+        from ..electrode.volume import read_volume, volume_attrs
 
         if spec not in self._volumes:
             if len(self._volumes) >= 4:
                 self._volumes.pop(next(iter(self._volumes)))
-            self._volumes[spec] = read_volume(spec)
+            self._volumes[spec] = (read_volume(spec), volume_attrs(spec).get("top_um"))
         return self._volumes[spec]
 
-    def _rollouts(self, cases: list[Case]) -> list:
-        """(series or CaseError, timings) per case; one batched loop for the cases that started."""
+    def _start(self, case: Case):
+        volume, h0 = self._read(case.electrode.spec)
+        return self.p.start(volume, case.cd, h0)
+
+    def _rollouts(self, cases: list[Case]) -> list[_Rolled]:
+        """One batched loop for the cases that started; each case's series or error."""
         from ..electrode.metrics import measure
 
-        started, out = [], []
-        for case in cases:
-            timings = {}
+        items = [_Rolled(c) for c in cases]
+        for item in items:
             t = time.perf_counter()
-            state = run_guarded(lambda c=case: self.p._start(self._read(c.electrode.spec), c.cd, None))
-            timings["read"] = time.perf_counter() - t
-            out.append([state, timings])
-            if not isinstance(state, CaseError):
-                started.append(state)
+            state = run_guarded(self._start, item.case)
+            item.timings["read"] = time.perf_counter() - t
+            if isinstance(state, CaseError):
+                item.error = state
+            else:
+                item.state = state
+        started = [item for item in items if item.error is None]
         t = time.perf_counter()
-        err = run_guarded(self.p._run, started)
+        err = run_guarded(self.p._run, [item.state for item in started])
         share = (time.perf_counter() - t) / max(len(started), 1)
-        for item in out:
-            if isinstance(item[0], CaseError):
-                continue
+        for item in started:
             if isinstance(err, CaseError):
-                item[0] = err
+                item.error = err
                 continue
-            item[1]["rollout"] = share
-            series = self.p._series(item[0])
-            item[0] = series
-            item.append(measure(series["frames"][0], self.p.voxel_size))
-        return out
+            item.timings["rollout"] = share
+            item.series = self.p.series(item.state, source="calbatch screen")
+            item.before = measure(item.series["frames"][0], self.p.voxel_size)
+        return items
 
     def run(self, cases: list[Case]) -> None:
+        if not cases:  # an idle rank: nothing to roll out, no collective of a case to join
+            return
         size = self.p.batch_size if self.leader else 1
         for k in range(0, len(cases), size):
             chunk = cases[k:k + size]
-            rolled = self._rollouts(chunk) if self.leader else [None] * len(chunk)
-            for case, item in zip(chunk, rolled):
-                self._finish(case, item)
+            rolled = self._rollouts(chunk) if self.leader else [_Rolled(c) for c in chunk]
+            for item in rolled:
+                self._finish(item)
 
-    def _finish(self, case: Case, item) -> None:
-        """Metrics of the final structure (leader), the Fick solve (the group), the record (leader)."""
-        record, final = None, None
+    def _finish(self, item: _Rolled) -> None:
+        """The record (leader: metrics, physical checks, kept files) and the group's Fick solve."""
+        record, timings = None, item.timings
         if self.leader:
-            series, timings = item[0], item[1]
-            if isinstance(series, CaseError):
-                record = _failed(case, series, self.rank, timings)
-            else:
-                record = run_guarded(self._record, case, series, item[2], timings)
+            if item.error is None:
+                record = run_guarded(self._record, item)
                 if isinstance(record, CaseError):
-                    record = _failed(case, record, self.rank, timings)
-                else:
-                    final = series["frames"][-1]
+                    item.error = record
+            if item.error is not None:
+                record = {**_base(item.case), "status": "failed", "error": _error_line(item.error),
+                          "traceback": None if item.error.kind == "user" else item.error.text, "flags": [],
+                          "rank": self.rank}
         if self.fick.enabled:
+            final = item.series["frames"][-1] if self.leader and item.error is None else None
             final = self.sub.bcast(final, root=0)  # None: the case failed, no solve
             if final is not None:
                 t = time.perf_counter()
                 result = run_guarded(self._solve, final)
                 if self.leader:
                     timings["fick"] = time.perf_counter() - t
-                    if isinstance(result, CaseError):
-                        lines = result.text.strip().splitlines()
-                        record.update(status="failed", traceback=None if result.kind == "user" else result.text,
-                                      error="Fick: " + lines[0 if result.kind == "user" else -1])
-                    else:
-                        record.update(report.flat_fick(result))
-                        if not result["percolating"]:
-                            record["flags"].append("not_percolating")
-                        elif not result["converged"]:
-                            record["flags"].append("fick_not_converged")
+                    self._fick_record(record, result)
         if self.leader:
-            record["flags"] = ";".join(record["flags"]) if isinstance(record["flags"], list) else record["flags"]
+            record["flags"] = ";".join(record["flags"])
             timings["total"] = sum(timings.values())
             record.update({f"time_{k}_s": v for k, v in timings.items()})
             self.writer.write(record)
 
-    def _record(self, case: Case, series: dict, before: dict, timings: dict) -> dict:
+    @staticmethod
+    def _fick_record(record: dict, result) -> None:
+        if isinstance(result, CaseError):
+            record.update(status="failed", traceback=None if result.kind == "user" else result.text,
+                          error="Fick: " + _error_line(result))
+            return
+        record.update(report.flat_fick(result))
+        if not result["percolating"]:
+            record["flags"].append("not_percolating")
+        elif not result["converged"]:
+            record["flags"].append("fick_not_converged")
+
+    def _record(self, item: _Rolled) -> dict:
+        from ..electrode.checks import check_series
         from ..electrode.metrics import measure
 
+        series, case = item.series, item.case
+        check_series(series)  # not physical: the case fails with the reason
         t = time.perf_counter()
         m = measure(series["frames"][-1], self.p.voxel_size)
-        timings["metrics"] = time.perf_counter() - t
+        item.timings["metrics"] = time.perf_counter() - t
         steps = series["wall_time_s"][1:]
         extrapolated = bool(series["attrs"]["cd_extrapolated"])
-        record = {**_base(case), "status": "ok", "error": None, "flags": ["cd_extrapolated"] if extrapolated else [],
+        flags = (["cd_extrapolated"] if extrapolated else []) + [f"{k}_undefined" for k in m["undefined"]]
+        record = {**_base(case), "status": "ok", "error": None, "flags": flags,
                   "cd_extrapolated": extrapolated, "frames": len(series["frames"]),
                   "seconds_per_step": float(np.mean(steps)) if steps.size else 0.0, "rank": self.rank,
-                  **report.flat_metrics(True, before), **report.flat_metrics(False, m)}
+                  **report.flat_metrics(True, item.before), **report.flat_metrics(False, m)}
         record.update(self._keep(case, series))
         return record
 
@@ -303,8 +234,10 @@ class _Worker:
         return FickSolver(volume, cbd_diffusivity=f.cbd_diffusivity, tolerance=f.tolerance, comm=self.sub).solve().to_dict()
 
     def _keep(self, case: Case, series: dict) -> dict:
+        import os
+
         files: dict = {}
-        name = _safe(case.id)
+        name = fold.file_name(case.id)
         if self.keep.final_volumes:
             path = self.out / "volumes" / f"{name}.npy"
             tmp = path.with_name(f".{path.name}.tmp.npy")
@@ -324,59 +257,83 @@ class _Worker:
 
 # --- the whole screen -----------------------------------------------------------------------------
 
+class _Start(NamedTuple):
+    screen: Screen
+    folder: Path
+    predictor: object
+    lock: FolderLock
+    attempt: int
+    done: list
+
+
+def _first(cases_file, out, resume, model, threads, backend, allow_extrapolation) -> _Start:
+    """Rank 0's start: every check, then the lock, the folder and what is left to do."""
+    screen, folder, predictor, case_list = prepare(cases_file, out, resume, model, threads, backend,
+                                                   allow_extrapolation)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(folder, f"calbatch screen {screen.source}").acquire()
+    try:
+        attempt = fold.start(folder, screen.source, screen.settings(), case_list)
+        done = sorted(fold.finished(folder))
+    except BaseException:
+        lock.release()
+        raise
+    return _Start(screen, folder, predictor, lock, attempt, done)
+
+
 def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: int | None = None,
-               progress: bool | None = None, plots: bool = True, comm=None, backend: str | None = None) -> dict:
+               progress: bool = False, plots: bool = True, comm=None, backend: str | None = None,
+               allow_extrapolation: bool = False) -> dict:
     """Run (or, with ``resume``, continue) the screen of ``cases_file`` into ``out``; every rank
-    of ``comm`` (default: the world) must call it. Returns the summary on every rank."""
+    of ``comm`` (default: the world) must call it. ``progress``: a line per finished case on
+    stderr (rank 0). Returns the summary on every rank."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD if comm is None else comm
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     start = time.perf_counter()
-    setup = None
+    setup = run_guarded(_first, cases_file, out, resume, model, threads, backend, allow_extrapolation) if rank == 0 else None
+    shared = None  # what every rank needs (the lock and the model session stay on rank 0)
     if rank == 0:
-        def first():
-            screen, folder, predictor = prepare(cases_file, out, resume, model, threads, backend)
-            attempt = _start_folder(screen, folder)
-            done = finished(folder)
-            return screen, folder, predictor, attempt, sorted(done)
-        setup = run_guarded(first)
-        shared = setup if isinstance(setup, CaseError) else setup[:2] + setup[3:]
-    else:
-        shared = None
+        shared = setup if isinstance(setup, CaseError) else (setup.screen, setup.folder, setup.attempt, setup.done)
     shared = comm.bcast(shared, root=0)
     if isinstance(shared, CaseError):
         raise shared.exception()
     screen, folder, attempt, done = shared
-    done = set(done)
+    try:
+        return _run(comm, screen, folder, attempt, set(done), setup.predictor if rank == 0 else None, threads,
+                    progress, plots, start)
+    finally:
+        if rank == 0:
+            setup.lock.release()
+
+
+def _run(comm, screen: Screen, folder: Path, attempt: int, done: set, predictor, threads, progress: bool,
+         plots: bool, start: float) -> dict:
+    rank, size = comm.Get_rank(), comm.Get_size()
     pending = [c for c in screen.cases if c.id not in done]
     fick = screen.config.fick
     if fick.enabled:
         from ..transport import start_petsc
 
         start_petsc()  # PetscInitialize is collective over the world: every rank, before any case can fail
-    per_case = fick.ranks_per_case if fick.enabled else 1
-    sub, group, groups = split_groups(comm, per_case)
+    sub, group, groups = split_groups(comm, fick.ranks_per_case if fick.enabled else 1)
     leader = sub.Get_rank() == 0
     mine = pending[group::groups]
     err = None
-    writer = PartWriter(folder, attempt, rank) if leader else None
-    bar = _Progress(folder, attempt, len(pending), progress) if rank == 0 else None
-    try:
-        if rank == 0:
-            predictor = setup[2]
-        elif leader and mine:
-            from ..surrogate.predictor import Predictor
+    bar = Progress("screen", len(pending), "case", progress) if rank == 0 else None
+    sizes: dict = {}
 
-            c = screen.config
-            predictor = Predictor(screen.model, rule=c.decision, voxel_size=c.voxel_size,
-                                  threads=threads or c.threads or None, batch_size=c.batch_size, backend=c.backend)
-        else:
-            predictor = None
-        worker = _Worker(screen, folder, predictor, comm, sub, leader, writer)
-        if rank == 0 and bar is not None:
-            writer.write = _and_poll(writer.write, bar)
-        worker.run(mine)
+    def tick(record=None) -> None:
+        n = fold.count_lines(folder, attempt, sizes)
+        if n != bar.done:
+            bar.update(n, "" if record is None else f"{record['case_id']} {record['status']}")
+
+    writer = fold.PartWriter(folder, attempt, rank, tick if rank == 0 else None) if leader else None
+    try:
+        if predictor is None and leader and mine:
+            predictor = _predictor(screen, threads)
+        _Worker(screen, folder, predictor, sub, leader, rank, writer).run(mine)
     except Exception as exc:  # noqa: BLE001 - agreed below, so no rank waits alone
         err = CaseError(exc)
     finally:
@@ -386,10 +343,10 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
     request = comm.Ibarrier()
     while not request.Test():
         if bar is not None:
-            bar.poll()
+            tick()
         time.sleep(0.05)
     if bar is not None:
-        bar.close()
+        tick()
     agree(comm, err)
     summary = None
     if rank == 0:
@@ -400,15 +357,8 @@ def run_screen(cases_file, out=None, resume: bool = False, model=None, threads: 
     return summary
 
 
-def _and_poll(write, bar):
-    def wrapped(record):
-        write(record)
-        bar.poll()
-    return wrapped
-
-
 def _merge(screen: Screen, out: Path, resumed: int, ran: int, ranks: int, wall: float, plots: bool) -> dict:
-    records = finished(out)
+    records = fold.finished(out)
     rows = [records[c.id] for c in screen.cases if c.id in records]
     tables = report.write_tables(rows, out)
     pngs = report.plots(rows, out / "plots", model=screen.model) if plots else []

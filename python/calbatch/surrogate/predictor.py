@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import shipped_model_path
+from ..electrode.checks import check_frames
 from ..electrode.volume import validate
 from ..errors import CalbatchError
 from .rules import DEFAULT_RULE
@@ -27,6 +28,15 @@ def shipped_model(option: str = "the model parameter") -> Path:
         raise CalbatchError(f"no shipped model yet ({path} is missing): give a model file with {option}")
     return path
 
+
+
+def cd_value(cd) -> float:
+    """A CD given to the API: a real number (not a string, not a bool), finite."""
+    if isinstance(cd, (str, bytes, bool, np.bool_)) or not isinstance(cd, (int, float, np.integer, np.floating)):
+        raise CalbatchError(f"predict: a CD is a number in percent, got {cd!r}")
+    if not np.isfinite(cd):
+        raise CalbatchError(f"predict: a CD is a finite number, got {cd!r}")
+    return float(cd)
 
 class Predictor(Stepper):
     """A calbatch ONNX model held open (metadata checked once), with :meth:`rollout` (a series, as
@@ -59,15 +69,6 @@ class Predictor(Stepper):
 
     # --- the screen's worker steps cases by hand ------------------------------------------------
 
-    def _start(self, start: np.ndarray, cd: float, h0: float | None, series: bool = True) -> Case:
-        return self.start(start, cd, h0, series)
-
-    def _run(self, cases: list[Case]) -> None:
-        self.run(cases)
-
-    def _series(self, case: Case) -> dict:
-        return self.series(case, source="calbatch screen")
-
     def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:
         """Series dicts (:func:`calbatch.surrogate.rollout.rollout`'s keys) of many cases, batched."""
         return [self._series(c) for c in self.cases(starts, cds, h0s)]
@@ -93,7 +94,7 @@ class Predictor(Stepper):
         one_structure = isinstance(structures, np.ndarray) and structures.ndim == 3
         one_cd = np.ndim(cds) == 0
         vols = [structures] if one_structure else list(structures)
-        values = [float(cds)] if one_cd else [float(c) for c in cds]
+        values = [cd_value(cds)] if one_cd else [cd_value(c) for c in cds]
         if len(vols) == 1 and len(values) > 1:
             vols = vols * len(values)
         elif len(values) == 1 and len(vols) > 1:
@@ -104,8 +105,13 @@ class Predictor(Stepper):
         cases = self.cases(vols, values, series=series)  # without the series: a ring of 3 frames
         t_roll = (time.perf_counter() - t0) / max(len(cases), 1)
         results = []
-        for cd, case in zip(values, cases):
+        for k, (cd, case) in enumerate(zip(values, cases)):
             final = case.final if series else case.final.copy()  # a copy: the ring's other frames need not live on
+            try:  # not physical: refused, naming the case
+                check_frames([vols[k], final], {"voxel_size_um": self.voxel_size, "uncalendered_top_um": case.h0,
+                                                "press_lowest_um": case.sched["press_lowest_um"]})
+            except CalbatchError as exc:
+                raise type(exc)(f"predict: case {k} (CD {cd:g}): {exc}") from None
             r = {"cd_percent": cd, "cd_extrapolated": case.extrapolated, "final": final, "timings_s": {"rollout": t_roll}}
             r.update(self.measure(final, metrics, fick, comm, r["timings_s"]))
             if series:

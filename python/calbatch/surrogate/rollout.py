@@ -18,7 +18,7 @@ from .rules import DEFAULT_RULE
 from .step import Stepper
 
 
-def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float, h0: float | None = None,
+def rollout(model: Path, start: np.ndarray, cd: float, voxel_size: float | None, h0: float | None = None,
             speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
             rule: str = DEFAULT_RULE, threads: int | None = None, attrs: dict | None = None,
             progress: bool | None = None) -> dict:
@@ -38,8 +38,9 @@ def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: i
                  voxel_size: float | None = None, threads: int | None = None, progress: bool | None = None) -> dict:
     """Roll out from a series file (its first ``start_frames`` frames, its top and schedule) or a
     volume file, write the series to ``out``; returns a summary."""
+    from ..electrode.checks import check_series
     from ..electrode.series import FORMULATION_ATTRS, write_series
-    from ..electrode.volume import DEFAULT_VOXEL_SIZE_UM, read_volume
+    from ..electrode.volume import read_volume, volume_attrs, voxel_size_of
 
     if start_frames not in (1, 3):
         raise CalbatchError(f"start_frames: 1 or 3, got {start_frames}")
@@ -56,7 +57,9 @@ def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: i
                 raise CalbatchError(f"{start}: no voxel frames (/frames); run `calbatch dem revoxelize` on it first")
             vol = f["frames"][:start_frames]
         a = s["attrs"]
-        voxel_size = float(a["voxel_size_um"]) if voxel_size is None else voxel_size
+        if voxel_size is not None and abs(voxel_size - float(a["voxel_size_um"])) > 1e-6 * voxel_size:
+            raise CalbatchError(f"{start}: its voxels are {float(a['voxel_size_um']):g} um; voxel_size says {voxel_size:g} um")
+        voxel_size = float(a["voxel_size_um"])
         kw = {"h0": float(a["uncalendered_top_um"]), "speed": float(a["press_speed_m_s"]),
               "frame_interval_us": float(a["frame_interval_us"]), "dt": float(a["timestep_us"]) if "timestep_us" in a else None,
               "attrs": {"microstructure_id": int(a.get("microstructure_id", -1)), "start_file": start.name,
@@ -65,14 +68,16 @@ def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: i
         if start_frames != 1:
             raise CalbatchError(f"start_frames 3 needs a series file, got the volume {start}")
         vol = read_volume(start)[None]
-        kw = {"attrs": {"start_file": start.name}}
-    voxel_size = DEFAULT_VOXEL_SIZE_UM if voxel_size is None else voxel_size
+        if voxel_size is not None or "voxel_size_um" in volume_attrs(start):  # else the model's, as every command
+            voxel_size = voxel_size_of(start, voxel_size)
+        kw = {"h0": volume_attrs(start).get("top_um"), "attrs": {"start_file": start.name}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExtrapolationWarning)
         series = rollout(Path(model), vol if start_frames == 3 else vol[0], cd, voxel_size, rule=rule, threads=threads,
                          progress=progress, **kw)
     for w in caught:
         sys.stderr.write(f"calbatch rollout: warning: {w.message}\n")
+    check_series(series)  # not physical: refused, nothing written
     write_series(Path(out), series)
     steps = series["wall_time_s"][start_frames:]
     return {"out": str(out), "frames": int(len(series["frames"])), "cd_percent": float(cd),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _core
+from ..electrode.checks import check_scores
 from ..electrode.volume import validate
 from ..errors import CalbatchError
 from .backends import open_backend
@@ -221,6 +222,7 @@ class Stepper:
         for k, c in enumerate(batch):
             cond[k] = c.cond[c.t]
         out = self.backend.run(x, cond)
+        check_scores(out[:b], int(t.max()) + 1)
         first_void = np.array([c.first_void[c.t] for c in batch], dtype=np.int64)
         self._decide(out, batch, t, first_void)
         share = (time.perf_counter() - t0) / b

@@ -39,7 +39,7 @@ tau = porosity / (D_eff / D_bulk) (MacMullin, D_bulk = 1).
 
 CBD default: the carbon-binder domain is nanoporous and electrolyte-filled. Its relative
 diffusivity is taken as Bruggeman's eps_CBD^1.5 with a CBD nanoporosity eps_CBD = 0.5, i.e.
-0.5^1.5 = 0.354, the assumption of the Franco group's electrode-manufacturing models (Chouchane
+0.5^1.5 = 0.3536, the assumption of the Franco group's electrode-manufacturing models (Chouchane
 et al., J. Power Sources 444 (2019) 227285), the group whose DEM electrodes the paper uses. Set
 ``cbd_diffusivity=0`` to make CBD insulating (as a pore-only solver such as TauFactor's
 PeriodicSolver does).

@@ -13,11 +13,10 @@ import numpy as np
 
 from .. import _core
 from ..common.mpi import first_error, gather_cases, run_guarded, split_groups
-from ..electrode.volume import CBD, DEFAULT_NANOPOROSITY, PORE, VOID, read_volume, validate
+from ..electrode.volume import CBD, DEFAULT_CBD_DIFFUSIVITY, PORE, VOID, read_volume, validate
 from ..errors import CalbatchError
 from .petsc import DEFAULT_PETSC_OPTIONS, OPTIONS_PREFIX, option_used, parse_petsc_options, petsc_error, start_petsc
 
-DEFAULT_CBD_DIFFUSIVITY = DEFAULT_NANOPOROSITY**1.5  # Bruggeman, see the module docstring
 DEFAULT_TOLERANCE = 1e-4  # relative inlet/outlet flux mismatch
 DEFAULT_MAX_ITERATIONS = 20000
 
