@@ -18,7 +18,7 @@ from ..electrode.checks import check_frames
 from ..electrode.volume import validate
 from ..errors import CalbatchError
 from .rules import DEFAULT_RULE
-from .step import Case, Stepper, electrode_top
+from .step import Stepper, electrode_top
 
 
 def shipped_model(option: str = "the model parameter") -> Path:
@@ -71,7 +71,7 @@ class Predictor(Stepper):
 
     def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:
         """Series dicts (:func:`calbatch.surrogate.rollout.rollout`'s keys) of many cases, batched."""
-        return [self._series(c) for c in self.cases(starts, cds, h0s)]
+        return [self.series(c, source="calbatch screen") for c in self.cases(starts, cds, h0s)]
 
     def rollout(self, start: np.ndarray, cd: float, h0: float | None = None) -> dict:
         """One case's series (``start``: one volume or its first three frames), as ``rollout()``."""
@@ -115,7 +115,7 @@ class Predictor(Stepper):
             r = {"cd_percent": cd, "cd_extrapolated": case.extrapolated, "final": final, "timings_s": {"rollout": t_roll}}
             r.update(self.measure(final, metrics, fick, comm, r["timings_s"]))
             if series:
-                r["series"] = self._series(case)
+                r["series"] = self.series(case, source="calbatch screen")
             results.append(r)
         return results[0] if one_structure and one_cd else results
 
