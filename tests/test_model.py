@@ -281,7 +281,7 @@ def test_known_void_starts_the_same_slices_above_the_press_in_training_and_rollo
     from calbatch.electrode.schedule import WALL_OVERLAP_VOXELS
     from calbatch.model.dataset import conditioning
     from calbatch.model.networks import press_mask
-    from calbatch.surrogate.rollout import void_from
+    from calbatch.surrogate.step import void_from
 
     nz, vs, h0 = 40, 0.4, 14.0
     for press in (3.13, 5.0, 7.71, 9.9, 13.95):

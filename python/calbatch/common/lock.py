@@ -5,6 +5,7 @@ while it runs, so a live run on another node keeps it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -91,10 +92,8 @@ class FolderLock:
         self._stop.set()
         self._renew.join()
         self._renew = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)
-        except FileNotFoundError:
-            pass
 
     def __enter__(self) -> FolderLock:
         return self.acquire()

@@ -48,10 +48,10 @@ def check_frames(frames, attrs: dict, phase=None, press_z=None) -> None:
         solid, top = _solid_and_top(frames[k])
         if solid < MIN_SOLID_KEPT * solid0:
             raise NonPhysical(f"frame {k} lost its material: {solid} solid voxels of the {solid0} it started with")
-        if phase is not None and press_z is not None and str(phase[k]) == "press":
-            if top * vs > float(press_z[k]) + PRESS_MARGIN_OF_H0 * h0:
-                raise NonPhysical(f"frame {k}: the electrode ({top * vs:.2f} um) is above the press "
-                                  f"({float(press_z[k]):.2f} um) while pressing")
+        pressing = phase is not None and press_z is not None and str(phase[k]) == "press"
+        if pressing and top * vs > float(press_z[k]) + PRESS_MARGIN_OF_H0 * h0:
+            raise NonPhysical(f"frame {k}: the electrode ({top * vs:.2f} um) is above the press "
+                              f"({float(press_z[k]):.2f} um) while pressing")
     if top * vs - lowest > MAX_REBOUND_OF_H0 * h0:
         raise NonPhysical(f"final thickness {top * vs:.2f} um after a press gap of {lowest:.2f} um: a spring-back "
                           f"of more than {MAX_REBOUND_OF_H0:g} x the uncalendered {h0:.2f} um")

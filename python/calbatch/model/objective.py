@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..surrogate.contract import Kind
 from ..surrogate.rules import CODE_TO_CLASS
 from .dataset import WindowStream
 from .networks import CLASS_CODES, press_mask
@@ -24,7 +25,7 @@ def losses(kind: str, vol_weight: float):
     codes8 = tf.constant(CLASS_CODES, tf.uint8)
 
     def loss(pred, target, cond):  # target uint8 codes (B, z, y, x); cond (B, 7)
-        if kind == "paper":
+        if not Kind.of(kind).scores:  # regressed codes
             return tf.reduce_mean(tf.square(pred - tf.cast(target, tf.float32)))
         cls = tf.gather(lut, tf.cast(target, tf.int32))
         onehot = tf.one_hot(cls, 4)
@@ -41,7 +42,7 @@ def losses(kind: str, vol_weight: float):
         return ce + vol_weight * vol
 
     def decide(pred, cond):
-        if kind == "paper":
+        if not Kind.of(kind).scores:
             return tf.gather(codes8, tf.argmin(tf.abs(pred[..., None] - codes), axis=-1))
         above = press_mask(cond, tf.shape(pred)[1])[:, :, None, None, None]
         return tf.gather(codes8, tf.argmax(pred * (1.0 - above * tf.constant([1.0, 1.0, 1.0, 0.0])), axis=-1))

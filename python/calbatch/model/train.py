@@ -21,6 +21,7 @@ from ..electrode.schedule import WALL_OVERLAP_VOXELS
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
 from ..surrogate.budget import fit_series_files
+from ..surrogate.contract import Kind
 from .dataset import WindowStream, attach_budget, parse_split, scan, split
 from .networks import build
 from .objective import to_model, unrolled_loss, validation_loss
@@ -84,7 +85,7 @@ def set_up(series, out: Path, options: TrainOptions, resume: bool) -> TrainingRu
     vs = vs.pop()
     grid = parts["train"][0].shape
     config = dict(options.network)
-    if options.kind == "paper":  # a fixed-grid model: whole frames
+    if Kind.of(options.kind).fixed_grid:  # whole frames
         options, config["grid"] = replace(options, crop=None), list(grid)
     keras.utils.set_random_seed(options.seed)
     model = build(options.kind, **config)

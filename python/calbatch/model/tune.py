@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import CalbatchError
 from ..surrogate.budget import fit_series_files
+from ..surrogate.contract import Kind
 from .dataset import attach_budget, parse_split, scan, split
 from .options import TrainOptions, TuneOptions, train_flag
 
@@ -34,7 +35,7 @@ def suggest(trial, kind: str) -> tuple[dict, dict]:
     """One trial's network hyper-parameters and training options (the search space; the names
     are those of :class:`TrainOptions` and the networks' options)."""
     train_kw = {"lr": trial.suggest_float("lr", 3e-4, 3e-3, log=True)}
-    if kind == "paper":
+    if Kind.of(kind) is Kind.PAPER:
         config = {"filters": trial.suggest_categorical("filters", [8, 16, 32]),
                   "dense": trial.suggest_categorical("dense", [50, 150, 300])}
         return config, {**train_kw, "horizon": 1, "noise": 0.0, "vol_weight": 0.0}
@@ -70,8 +71,8 @@ def _results(study, settings: dict, series: list[str]) -> tuple[dict, dict | Non
     if done:
         b = min(done, key=lambda t: t.value)
         options = [x for k, v in b.params.items() for x in (train_flag(k), f"{v:.6g}" if isinstance(v, float) else str(v))]
-        if settings["kind"] == "paper":
-            options = [train_flag("kind"), "paper", *options]
+        if Kind.of(settings["kind"]) is not Kind.CALBATCH:  # the default kind needs no flag
+            options = [train_flag("kind"), settings["kind"], *options]
         best = {"number": b.number, "value": b.value, "params": b.params, "config": b.user_attrs.get("config"),
                 "run": b.user_attrs.get("run"), "train_options": options,
                 "command": " ".join(["calbatch", "train", *series, "--out", "RUN", *options])}
@@ -107,7 +108,7 @@ def tune(series, out: Path, options: TuneOptions | None = None, resume: bool = F
                             "(give more series or a --val-fraction above 0)")
     if parts["train"]:  # the planned tops every trial's run conditions on (fitted on the training series)
         attach_budget(parts["val"], fit_series_files([s.path for s in parts["train"]], parts["train"][0].voxel_size))
-    if o.kind == "paper":
+    if Kind.of(o.kind).fixed_grid:
         o = replace(o, crop=None)  # fixed-grid model: whole frames
     settings = {"kind": o.kind, "epochs": o.epochs, "max_windows": o.max_windows, "max_val_windows": o.max_val_windows,
                 "crop": list(o.crop) if o.crop else None, "batch_size": o.batch_size, "score_horizon": o.score_horizon,

@@ -31,7 +31,7 @@ class OrtBackend:
     @classmethod
     def open(cls, name: str, path: Path, session, threads: int | None, batch_size: int, channels: int) -> OrtBackend:
         if name == "cpu":
-            return cls(name, lambda grid: session, channels, batch_size)
+            return cls(name, lambda _grid: session, channels, batch_size)
         return cls(name, _gpu_sessions(name, path, threads, batch_size), channels, batch_size)
 
     def _state(self, grid: tuple) -> dict:
@@ -114,5 +114,5 @@ def _gpu_sessions(name: str, path: Path, threads: int | None, batch_size: int):
 
     if name == "ort-cuda":  # one session for every grid: open it now, so a missing GPU fails here
         session = session_for(None)
-        return lambda grid: session
+        return lambda _grid: session
     return session_for

@@ -44,7 +44,8 @@ class TensorRTBackend:
     name, device = "tensorrt", "cuda"
 
     @classmethod
-    def open(cls, name: str, path: Path, session, threads: int | None, batch_size: int, channels: int) -> TensorRTBackend:
+    def open(cls, name: str, path: Path, session, threads: int | None, batch_size: int,  # noqa: ARG003 (the protocol's)
+             channels: int) -> TensorRTBackend:
         return cls(path, batch_size, channels)
 
     def __init__(self, path: Path, batch_size: int, channels: int):
