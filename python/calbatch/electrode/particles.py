@@ -125,9 +125,9 @@ def _from_dem(data: dict, positions, source: str, voxel_size: float | None) -> P
 
 # The greedy cover's settings (calbatch/spheres.hpp), chosen on the default dataset's frames: a ball
 # is taken if it paints a fifth of its phase's voxels anew, none below sqrt(2) voxels in radius; a
-# candidate refined off the grid weighs each foreign voxel it paints as two of its own and grows at
+# candidate refined off the grid weighs each foreign voxel it paints as three of its own and grows at
 # most 1.5 voxels beyond the distance transform.
-MIN_GAIN, MIN_R2, PENALTY, GROW = 0.2, 2, 2.0, 1.5
+MIN_GAIN, MIN_R2, PENALTY, GROW = 0.2, 2, 3.0, 1.5
 
 
 def decompose(volume: np.ndarray, voxel_size: float = DEFAULT_VOXEL_SIZE_UM, source: str = "volume") -> Particles:
