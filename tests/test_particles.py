@@ -15,6 +15,7 @@ from calbatch.electrode.particles import (
     overlaps,
     particles_of,
     project,
+    project_batch,
 )
 from calbatch.electrode.series import PACK_FORMAT, SERIES_FORMAT
 
@@ -166,3 +167,12 @@ def test_bad_frame_and_bad_volume_are_one_line_errors(tmp_path):
         particles_of(tmp_path / "v.npy")
     with pytest.raises(CalbatchError, match="press height"):
         project(random_spheres(0), -1.0)
+
+
+def test_projection_batch_equals_cases_one_by_one():
+    cases = [random_spheres(s, n) for s, n in ((4, 30), (5, 22))]
+    batch, excess = project_batch(cases, [5.0, None], 0.05, iterations=6)
+    for case, press, got, e in zip(cases, [5.0, None], batch, excess):
+        alone, e1 = project(case, press, 0.05, iterations=6)
+        np.testing.assert_array_equal(got.centres, alone.centres)
+        assert e == e1
