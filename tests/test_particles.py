@@ -1,6 +1,8 @@
 """The particle state: neighbour pairs against a brute-force search, the sphere decomposition of
 spheres the core voxelized, the overlap projection, and bad inputs as one-line errors."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -176,3 +178,12 @@ def test_projection_batch_equals_cases_one_by_one():
         alone, e1 = project(case, press, 0.05, iterations=6)
         np.testing.assert_array_equal(got.centres, alone.centres)
         assert e == e1
+
+
+def test_core_refuses_nan_and_bad_radii_from_any_caller():
+    p = random_spheres(0)
+    bad = replace(p, centres=np.where(np.arange(p.n)[:, None] == 7, np.nan, p.centres))
+    with pytest.raises(CalbatchError, match="particle 7 has a non-finite position"):
+        neighbours(bad)
+    with pytest.raises(CalbatchError, match="particle 2 has radius"):
+        project(replace(p, radii=np.where(np.arange(p.n) == 2, -1.0, p.radii)), 5.0)

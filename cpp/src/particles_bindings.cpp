@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -39,6 +40,13 @@ int64_t checked_case(const F64Array& x, const py::object& radii, double lx, doub
         if (ra.ndim() != 1 || ra.shape(0) != n) throw std::invalid_argument(name + ": radii must have one entry per centre");
         r = ra.data();
     }
+    // A NaN would give a cell index past the table: refuse it here, whoever made the arrays.
+    for (int64_t k = 0; k < 3 * n; ++k)
+        if (!std::isfinite(x.data()[k]))
+            throw std::invalid_argument(name + ": particle " + std::to_string(k / 3) + " has a non-finite position");
+    for (int64_t i = 0; r && i < n; ++i)
+        if (!(r[i] > 0 && std::isfinite(r[i])))
+            throw std::invalid_argument(name + ": particle " + std::to_string(i) + " has radius " + std::to_string(r[i]));
     if (!(lx > 0 && ly > 0)) throw std::invalid_argument(name + ": the box must be positive");
     if (!(cutoff >= 0)) throw std::invalid_argument(name + ": the cutoff must be >= 0");
     const double reach = calbatch::pair_reach(r, n, cutoff);
