@@ -1,6 +1,8 @@
 """The particle state: neighbour pairs against a brute-force search, the sphere decomposition of
 spheres the core voxelized, the overlap projection, and bad inputs as one-line errors."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from calbatch.electrode.particles import (
     overlaps,
     particles_of,
     project,
+    project_batch,
 )
 from calbatch.electrode.series import PACK_FORMAT, SERIES_FORMAT
 
@@ -166,3 +169,21 @@ def test_bad_frame_and_bad_volume_are_one_line_errors(tmp_path):
         particles_of(tmp_path / "v.npy")
     with pytest.raises(CalbatchError, match="press height"):
         project(random_spheres(0), -1.0)
+
+
+def test_projection_batch_equals_cases_one_by_one():
+    cases = [random_spheres(s, n) for s, n in ((4, 30), (5, 22))]
+    batch, excess = project_batch(cases, [5.0, None], 0.05, iterations=6)
+    for case, press, got, e in zip(cases, [5.0, None], batch, excess):
+        alone, e1 = project(case, press, 0.05, iterations=6)
+        np.testing.assert_array_equal(got.centres, alone.centres)
+        assert e == e1
+
+
+def test_core_refuses_nan_and_bad_radii_from_any_caller():
+    p = random_spheres(0)
+    bad = replace(p, centres=np.where(np.arange(p.n)[:, None] == 7, np.nan, p.centres))
+    with pytest.raises(CalbatchError, match="particle 7 has a non-finite position"):
+        neighbours(bad)
+    with pytest.raises(CalbatchError, match="particle 2 has radius"):
+        project(replace(p, radii=np.where(np.arange(p.n) == 2, -1.0, p.radii)), 5.0)

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -39,6 +40,13 @@ int64_t checked_case(const F64Array& x, const py::object& radii, double lx, doub
         if (ra.ndim() != 1 || ra.shape(0) != n) throw std::invalid_argument(name + ": radii must have one entry per centre");
         r = ra.data();
     }
+    // A NaN would give a cell index past the table: refuse it here, whoever made the arrays.
+    for (int64_t k = 0; k < 3 * n; ++k)
+        if (!std::isfinite(x.data()[k]))
+            throw std::invalid_argument(name + ": particle " + std::to_string(k / 3) + " has a non-finite position");
+    for (int64_t i = 0; r && i < n; ++i)
+        if (!(r[i] > 0 && std::isfinite(r[i])))
+            throw std::invalid_argument(name + ": particle " + std::to_string(i) + " has radius " + std::to_string(r[i]));
     if (!(lx > 0 && ly > 0)) throw std::invalid_argument(name + ": the box must be positive");
     if (!(cutoff >= 0)) throw std::invalid_argument(name + ": the cutoff must be >= 0");
     const double reach = calbatch::pair_reach(r, n, cutoff);
@@ -123,23 +131,48 @@ py::tuple sphere_decomposition(const U8Array& volume, double min_gain, int64_t m
     return py::make_tuple(to_numpy(s.centres, {k, 3}), to_numpy(s.radii, {k}), to_numpy(s.phases, {k}));
 }
 
-py::tuple project_overlaps(const F64Array& x, const F64Array& radii, const U8Array& phases, double lx, double ly,
-                           double press_z, const F64Array& tolerance, int iterations) {
-    const int64_t n = checked_case(x, radii, lx, ly, 0.0, "project_overlaps");
-    if (phases.ndim() != 1 || phases.shape(0) != n) throw std::invalid_argument("phases must have one entry per centre");
+// The projection of every case of a batch (in parallel): (new centres per case, largest excess per case).
+py::tuple project_overlaps(const py::list& centres, const py::list& radii, const py::list& phases,
+                           const F64Array& boxes, const F64Array& press_z, const F64Array& tolerance, int iterations) {
+    const auto nb = static_cast<int64_t>(centres.size());
+    if (py::len(radii) != static_cast<size_t>(nb) || py::len(phases) != static_cast<size_t>(nb))
+        throw std::invalid_argument("radii and phases must hold one array per case");
+    if (boxes.ndim() != 2 || boxes.shape(0) != nb || boxes.shape(1) != 2 || press_z.ndim() != 1 || press_z.shape(0) != nb)
+        throw std::invalid_argument("boxes must have shape (cases, 2) and press_z (cases,)");
     if (tolerance.ndim() != 2 || tolerance.shape(0) != calbatch::kPhaseTable || tolerance.shape(1) != calbatch::kPhaseTable)
         throw std::invalid_argument("tolerance must have shape (3, 3), indexed by phase code");
-    for (int64_t i = 0; i < n; ++i)
-        if (phases.data()[i] >= calbatch::kPhaseTable) throw std::invalid_argument("phases must be 1 (CBD) or 2 (AM)");
-    F64Array out({n, int64_t(3)});
-    std::copy(x.data(), x.data() + 3 * n, out.mutable_data());
-    calbatch::Projected p;
+    const double* box = boxes.data();
+    std::vector<F64Array> rs, outs;
+    std::vector<U8Array> ps;
+    std::vector<int64_t> n(nb);
+    for (int64_t b = 0; b < nb; ++b) {
+        const auto k = static_cast<size_t>(b);
+        const auto x = centres[k].cast<F64Array>();
+        n[b] = checked_case(x, radii[k], box[2 * b], box[2 * b + 1], 0.0, "case " + std::to_string(b));
+        rs.push_back(radii[k].cast<F64Array>());
+        ps.push_back(phases[k].cast<U8Array>());
+        if (ps[b].ndim() != 1 || ps[b].shape(0) != n[b])
+            throw std::invalid_argument("case " + std::to_string(b) + ": phases must have one entry per centre");
+        for (int64_t i = 0; i < n[b]; ++i)
+            if (ps[b].data()[i] >= calbatch::kPhaseTable)
+                throw std::invalid_argument("case " + std::to_string(b) + ": phases must be 1 (CBD) or 2 (AM)");
+        outs.push_back(F64Array({n[b], int64_t(3)}));
+        std::copy(x.data(), x.data() + 3 * n[b], outs[b].mutable_data());
+    }
+    std::vector<double*> dst(nb);
+    for (int64_t b = 0; b < nb; ++b) dst[b] = outs[b].mutable_data();
+    std::vector<double> excess(nb);
     {
         py::gil_scoped_release release;
-        p = calbatch::project_overlaps(out.mutable_data(), radii.data(), phases.data(), n, lx, ly, press_z,
-                                       tolerance.data(), iterations);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nb; ++b)
+            excess[b] = calbatch::project_overlaps(dst[b], rs[b].data(), ps[b].data(), n[b], box[2 * b], box[2 * b + 1],
+                                                   press_z.data()[b], tolerance.data(), iterations)
+                            .max_excess;
     }
-    return py::make_tuple(out, p.max_excess, p.over);
+    py::list out;
+    for (auto& o : outs) out.append(o);
+    return py::make_tuple(out, to_numpy(excess, {nb}));
 }
 
 }  // namespace
@@ -160,7 +193,8 @@ void bind_particles(py::module_& m) {
           " below squared radius min_r2; candidates are refined off the grid to maximize their phase's voxels"
           " minus penalty per foreign voxel, growing up to `grow` voxels beyond the distance transform.");
     m.def("project_overlaps", &project_overlaps, py::arg("centres"), py::arg("radii"), py::arg("phases"),
-          py::arg("lx"), py::arg("ly"), py::arg("press_z"), py::arg("tolerance"), py::arg("iterations"),
-          "Jacobi sweeps pushing apart overlaps above tolerance[phase_i][phase_j], walls at z = 0 and press_z"
-          " (<= 0: none), x and y wrapped: (new centres, largest excess left, pairs above tolerance).");
+          py::arg("boxes"), py::arg("press_z"), py::arg("tolerance"), py::arg("iterations"),
+          "Per case of a batch (in parallel), Jacobi sweeps pushing apart overlaps above"
+          " tolerance[phase_i][phase_j], walls at z = 0 and press_z[b] (<= 0: none), x and y wrapped:"
+          " (new centres per case, largest excess left per case).");
 }

@@ -65,12 +65,11 @@ def sphere_decomposition(
     volume: npt.NDArray[np.uint8], min_gain: float, min_r2: int, penalty: float, grow: float
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]: ...
 def project_overlaps(
-    centres: npt.NDArray[np.float64],
-    radii: npt.NDArray[np.float64],
-    phases: npt.NDArray[np.uint8],
-    lx: float,
-    ly: float,
-    press_z: float,
+    centres: list[npt.NDArray[np.float64]],
+    radii: list[npt.NDArray[np.float64]],
+    phases: list[npt.NDArray[np.uint8]],
+    boxes: npt.NDArray[np.float64],
+    press_z: npt.NDArray[np.float64],
     tolerance: npt.NDArray[np.float64],
     iterations: int,
-) -> tuple[npt.NDArray[np.float64], float, int]: ...
+) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]]: ...
