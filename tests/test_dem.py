@@ -23,11 +23,11 @@ def tiny(tmp_path_factory):
     """One tiny pack and its CD 30 series, made once through the CLI."""
     root = tmp_path_factory.mktemp("dem")
     pack = root / "pack.h5"
-    proc = run_cli("dem", "pack", "--out", pack, "--seed", "3", *TINY, "--json")
+    proc = run_cli("dem", "pack", "--out", pack, "--seed", "3", *TINY, "--json", timeout=900)  # 1M steps: slow on a shared machine
     assert proc.returncode == 0, proc.stderr
     series = root / "series.h5"
     proc = run_cli("dem", "calender", pack, "--cd", "30", "--out", series, *GRID, "--speed", "0.2",
-                   "--frame-interval", "2.5", "--particles-out", root / "particles.h5", "--json")
+                   "--frame-interval", "2.5", "--particles-out", root / "particles.h5", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr
     return {"root": root, "pack": pack, "series": series, "summary": json.loads(proc.stdout)}
 

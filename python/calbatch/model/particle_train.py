@@ -141,8 +141,10 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     state = {"options": asdict(opts), "epoch": 0, "log": [], "best": None}
     if state_file.exists():
         state = json.loads(state_file.read_text())
-        if state["options"] != asdict(opts):
+        same = {k: v for k, v in asdict(opts).items() if k != "epochs"}  # more epochs: a run goes on
+        if {k: v for k, v in state["options"].items() if k != "epochs"} != same:
             raise CalbatchError(f"{out}: resumed with other options than {state_file} holds; start a new folder")
+        state["options"] = asdict(opts)
         model.load_weights(out / "last.weights.h5")
     spec = (*signature(), tf.TensorSpec([None, 3], tf.float32))
 

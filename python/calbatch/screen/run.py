@@ -70,7 +70,7 @@ def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int
     for e in screen.electrodes:
         where = f"{screen.source}, line {e.line}" if e.line else str(screen.source)
         try:
-            voxel_size_of(e.spec, c.voxel_size, predictor.model_voxel_size, "voxel_size in the cases file")
+            voxel_size_of(e.spec, c.voxel_size, predictor.model.voxel_size, "voxel_size in the cases file")
             volume, _ = predictor.check(read_volume(e.spec), e.spec)
         except CalbatchError as exc:
             raise CalbatchError(f"{where}: electrode {e.name}: {exc}") from None
@@ -148,7 +148,7 @@ class _Worker:
                 item.state = state
         started = [item for item in items if item.error is None]
         t = time.perf_counter()
-        err = run_guarded(self.p._run, [item.state for item in started])
+        err = run_guarded(self.p.run, [item.state for item in started])
         share = (time.perf_counter() - t) / max(len(started), 1)
         for item in started:
             if isinstance(err, CaseError):

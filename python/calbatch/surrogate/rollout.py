@@ -58,7 +58,7 @@ def rollout_file(model: Path, start: Path, cd: float, out: Path, start_frames: i
             vol = f["frames"][:start_frames]
         a = s["attrs"]
         if voxel_size is not None and abs(voxel_size - float(a["voxel_size_um"])) > 1e-6 * voxel_size:
-            raise CalbatchError(f"{start}: its voxels are {float(a['voxel_size_um']):g} um; voxel_size says {voxel_size:g} um")
+            raise CalbatchError(f"{start}: its voxels are {float(a['voxel_size_um']):g} um; --voxel-size says {voxel_size:g} um")
         voxel_size = float(a["voxel_size_um"])
         kw = {"h0": float(a["uncalendered_top_um"]), "speed": float(a["press_speed_m_s"]),
               "frame_interval_us": float(a["frame_interval_us"]), "dt": float(a["timestep_us"]) if "timestep_us" in a else None,
