@@ -8,7 +8,6 @@ Times are the best of several repeats; the ratio is numpy time / C++ time.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
@@ -16,15 +15,7 @@ from calbatch import _core, read_volume
 from calbatch.data import example_volume_path
 from calbatch.electrode import _reference
 from calbatch.electrode.voxelize import voxelize_spheres
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def main() -> None:

@@ -24,20 +24,12 @@ import numpy as np
 
 from calbatch import _core
 from calbatch.electrode.particles import decompose, neighbours, neighbours_batch, overlaps, particles_of, project
+from timing import best_time
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "dem" / "default" / "particles"
 SERIES = ("ms1_cd20", "ms4_cd35", "ms6_cd47.4", "ms8_cd31.2")
 CUTOFF_UM = 0.5  # pairs within half a micron of contact: what a graph network's edges might hold
 NZ = 125
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def am_errors(truth, found) -> tuple[float, float]:
