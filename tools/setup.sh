@@ -63,7 +63,9 @@ fi
 # each module to its file).
 stamp=build/.installed-sources
 sources=$( (cat pyproject.toml CMakeLists.txt $(find cpp -type f | sort); find python -name '*.py' | sort) | sha1sum | cut -c1-40)
-if ! "$PY" -c "import calbatch._core" 2>/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$sources" ]; then
+# (and when the calbatch installed is another checkout's)
+installed=$("$PY" -c "import calbatch._core, calbatch, os; print(os.path.dirname(os.path.dirname(os.path.realpath(calbatch.__file__))))" 2>/dev/null || true)
+if [ "$installed" != "$(pwd -P)/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sources" ]; then
   say "building calbatch and its C++ core"
   pip_quiet --no-build-isolation --no-deps -e .
   mkdir -p build && echo "$sources" > "$stamp"
