@@ -217,7 +217,6 @@ def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, 
     ``fick``: :class:`calbatch.transport.FickSolver` options. See the module."""
     from ..common.progress import Progress
     from ..electrode.checks import cd_margin, check_cd
-    from ..electrode.metrics import measure
 
     lo, hi = (float(c) for c in (cd_range or predictor.cd_range))
     if not 0 < lo < hi < 90:
@@ -233,10 +232,11 @@ def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, 
     if abs(vs - predictor.voxel_size) > 1e-6 * predictor.voxel_size:
         raise CalbatchError(f"{electrode['name']}: voxels of {vs:g} um; the model takes {predictor.voxel_size:g} um")
     predictor.check(electrode["volume"], electrode["name"])
-    start = measure(electrode["volume"], predictor.voxel_size)["porosity"]
-    if target.kind == "porosity" and not target.value < start:  # pressing only closes pores: say so before any rollout
+    start = predictor.measure(electrode["volume"], fick=(fick or {}) if target.needs_fick else False)
+    uncalendered = {"porosity": start["metrics"]["porosity"], **({"tau": start["fick"]["tau"]} if "fick" in start else {})}
+    if target.kind == "porosity" and not target.value < uncalendered["porosity"]:  # pressing only closes pores: say so before any rollout
         raise CalbatchError(f"target {target.describe()} is out of reach: the uncalendered electrode's porosity is "
-                            f"{start:.4f} and calendering lowers it")
+                            f"{uncalendered['porosity']:.4f} and calendering lowers it")
     t0 = time.perf_counter()
     bar = Progress("optimize", None, "rollout", progress)
     curve = Curve(predictor, electrode, (fick or {}) if target.needs_fick else None, bar)
@@ -244,8 +244,6 @@ def optimize(electrode: dict, target: Target, predictor, cd_range: tuple[float, 
     found = _min_tau(curve, target, cds, xtol) if target.kind == "min_tau" else _reach_target(curve, target, cds, xtol)
     answer = dict(curve(found.pop("cd_percent")))
     seconds = time.perf_counter() - t0
-    start = predictor.measure(electrode["volume"], fick=(fick or {}) if target.needs_fick else False)
-    uncalendered = {"porosity": start["metrics"]["porosity"], **({"tau": start["fick"]["tau"]} if "fick" in start else {})}
     key = "tau" if target.kind == "tau" else "porosity"
     if target.kind != "min_tau":
         answer["residual"] = answer[key] - target.value
