@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calbatch.electrode.particles import neighbours
-from calbatch.surrogate.particle_step import EDGE_FEATURES, NODE_FEATURES, WALL_UM, graph, onnx_residual, rollout
+from calbatch.surrogate.particle_step import COLLECTOR_WALL_UM, EDGE_FEATURES, NODE_FEATURES, PRESS_WALL_UM, graph, onnx_residual, rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICLES = ROOT / "data/dem/default/particles"
@@ -58,5 +58,5 @@ def test_export_matches_keras_and_the_rollout_stays_between_the_walls(trained):
                      {"CBD-CBD": 0.5, "AM-CBD": 0.7, "AM-AM": 1.3})
     assert frames.shape == s["pos"].shape and np.isfinite(frames).all()
     z, r = frames[..., 2], s["p"].radii
-    assert np.all(z >= r - WALL_UM - 1e-9) and np.all(z[1:] <= s["press"][1:, None] - r + WALL_UM + 1e-9)
+    assert np.all(z >= r - COLLECTOR_WALL_UM - 1e-9) and np.all(z[1:] <= s["press"][1:, None] - r + PRESS_WALL_UM + 1e-9)
     assert replace(s["p"], centres=frames[-1]).voxelize(125).shape == (125, 76, 76)
