@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from calbatch.electrode.particles import neighbours
-from calbatch.surrogate.particle_step import COLLECTOR_WALL_UM, EDGE_FEATURES, NODE_FEATURES, PRESS_WALL_UM, graph, onnx_residual, rollout
+from calbatch.surrogate.particle_step import (
+    COLLECTOR_WALL_UM,
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    PRESS_WALL_UM,
+    graph,
+    onnx_residual,
+    rollout,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICLES = ROOT / "data/dem/default/particles"
