@@ -10,7 +10,7 @@ drawn with seed 0), so the two are scored on the same series.
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,12 +58,11 @@ def score(model: Path, files: list[Path], tolerance: dict | None) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs/particle_model")
-    ap.add_argument("--epochs", type=int, default=ParticleOptions.epochs)
+    for f in fields(ParticleOptions):
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     ap.add_argument("--score-only", action="store_true")
-    ap.add_argument("--tolerance", default='{"CBD-CBD": 0.5, "AM-CBD": 0.7, "AM-AM": 1.3}',
-                    help="overlaps (um per pair type) the projection leaves; 'none': no projection")
     args = ap.parse_args()
-    opts = ParticleOptions(epochs=args.epochs)
+    opts = ParticleOptions(**{f.name: getattr(args, f.name) for f in fields(ParticleOptions)})
     parts = the_split()
     if not args.score_only:
         train(parts["train"], parts["val"], args.out, opts,
@@ -72,7 +71,7 @@ def main() -> None:
     example = batch([sample(s, 3, np.random.default_rng(0), 0.0)])[:4]
     model = args.out / "particle_step.onnx"
     print(f"export: largest difference from Keras {export(args.out, opts, model, example):.2e}", file=sys.stderr)
-    tolerance = None if args.tolerance == "none" else json.loads(args.tolerance)
+    tolerance = opts.tolerance
     rows = score(model, parts["val"], tolerance)
     summary = {k: float(np.mean([abs(r[k]) for r in rows])) for k in rows[0] if k != "series"}
     (args.out / "validation.json").write_text(json.dumps({"rows": rows, "mean_abs": summary, "tolerance": tolerance}, indent=1))

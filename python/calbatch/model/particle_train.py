@@ -3,7 +3,10 @@
 The network is a graph network (encode, ``rounds`` of message passing over the pairs within the
 cutoff, decode) predicting every sphere's 3-D displacement beyond the press's affine squeeze. The
 inputs are noised (a random offset of every sphere, which the target then undoes), so the network
-learns to pull a drifted state back towards what the DEM does. Sums over a sphere's pairs are
+learns to pull a drifted state back towards what the DEM does; from epoch ``rollout_from`` on, the
+training also steps from the model's own free rollouts of the training series (refreshed every
+``rollout_every`` epochs) towards the DEM's next frame, so it learns to undo the drift it makes
+itself (pushforward), and the best weights are chosen by free rollouts of the validation series. Sums over a sphere's pairs are
 ``tensor_scatter_nd_add`` (ONNX ScatterND with reduction add). Resumable: ``OUT/state.json`` and the
 last and best weights.
 """
@@ -21,7 +24,7 @@ import numpy as np
 from ..electrode.particles import checked
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
-from ..surrogate.particle_step import EDGE_FEATURES, NODE_FEATURES, OUTPUT_SCALE_UM, graph
+from ..surrogate.particle_step import EDGE_FEATURES, MAX_RESIDUAL_UM, NODE_FEATURES, OUTPUT_SCALE_UM, graph, rollout
 
 
 @dataclass
@@ -35,6 +38,16 @@ class ParticleOptions:
     lr: float = 1e-3
     epochs: int = 60
     seed: int = 0
+    rollout_from: int = 0  # the first epoch training on the model's own rollouts (0: never)
+    rollout_every: int = 4
+    tol_cbd_cbd: float = 0.5  # the projection's tolerance per pair type (um): see particle_step.advance
+    tol_am_cbd: float = 0.7
+    tol_am_am: float = 1.3
+    init: str = ""  # weights to start from (a run with the same network)
+
+    @property
+    def tolerance(self) -> dict[str, float]:
+        return {"CBD-CBD": self.tol_cbd_cbd, "AM-CBD": self.tol_am_cbd, "AM-AM": self.tol_am_am}
 
 
 def load_particle_file(path: Path) -> dict:
@@ -66,15 +79,45 @@ def windows(series: list[dict]) -> list[tuple[dict, int]]:
             if not (s["stage"][t + 1] == "press" and s["cd"] < deepest[s["electrode"]])]
 
 
-def sample(s: dict, t: int, rng: np.random.Generator, noise_um: float):
-    """One training graph: the features of frame ``t`` (noised) and the residual that reaches frame t + 1."""
-    centres = s["pos"][t] + (rng.normal(0.0, noise_um, s["pos"][t].shape) if noise_um > 0 else 0.0)
+def sample(s: dict, t: int, rng: np.random.Generator, noise_um: float, start: np.ndarray | None = None):
+    """One training graph: the features of frame ``t`` (or of ``start``, the model's own state at t),
+    noised, and the residual that reaches the DEM's frame t + 1 (capped as the runtime caps it)."""
+    base = s["pos"][t] if start is None else start
+    centres = base + (rng.normal(0.0, noise_um, base.shape) if noise_um > 0 else 0.0)
     p = replace(s["p"], centres=centres)
     press = s["press"]
     node, edge, snd, rcv, prior = graph(p, press[t], press[t + 1], press[max(t - 1, 0)], s["stage"][t + 1], s["cd"])
     delta = s["pos"][t + 1] - centres
     delta[:, :2] -= np.asarray(p.box) * np.round(delta[:, :2] / np.asarray(p.box))  # minimum image
-    return node, edge, snd, rcv, (delta - prior).astype(np.float32)
+    target = delta - prior
+    size = np.linalg.norm(target, axis=1, keepdims=True)
+    target *= np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
+    return node, edge, snd, rcv, target.astype(np.float32)
+
+
+def free_rollouts(series: list[dict], residual_of, tolerance: dict[str, float]) -> list[np.ndarray]:
+    """Every series rolled out freely from its frame 0: positions (frames, n, 3) each."""
+    return [rollout(s["p"], {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], residual_of, tolerance)
+            for s in series]
+
+
+def rollout_score(series: list[dict], trajectories: list[np.ndarray]) -> dict:
+    """How far free rollouts end from the DEM: mean over series of the final frame's R2 per voxel,
+    |porosity error| (%), |thickness error| (voxels) and median particle drift (um)."""
+    from ..electrode.metrics import measure
+
+    rows = []
+    for s, traj in zip(series, trajectories):
+        p, nz = s["p"], 125
+        got, want = replace(p, centres=traj[-1]).voxelize(nz), replace(p, centres=s["pos"][-1]).voxelize(nz)
+        mg, mw = measure(got, p.voxel_size), measure(want, p.voxel_size)
+        dd = traj[-1] - s["pos"][-1]
+        dd[:, :2] -= np.asarray(p.box) * np.round(dd[:, :2] / np.asarray(p.box))
+        rows.append([1 - np.mean((got.astype(float) - want) ** 2) / np.var(want.astype(float)),
+                     100 * abs(mg["porosity"] - mw["porosity"]) / mw["porosity"],
+                     abs(mg["thickness_um"] - mw["thickness_um"]) / p.voxel_size, np.median(np.linalg.norm(dd, axis=1))])
+    r2, por, thick, drift = np.mean(rows, axis=0)
+    return {"r2": float(r2), "porosity_pct": float(por), "thickness_vox": float(thick), "drift_um": float(drift)}
 
 
 def batch(graphs: list[tuple]) -> tuple:
@@ -129,15 +172,16 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
 
     out.mkdir(parents=True, exist_ok=True)
     tf.keras.utils.set_random_seed(opts.seed)
-    tr = windows([load_particle_file(f) for f in train_files])
-    va = windows([load_particle_file(f) for f in val_files])
+    train_series = [load_particle_file(f) for f in train_files]
+    val_series = [load_particle_file(f) for f in val_files]
+    tr, va = windows(train_series), windows(val_series)
     if not tr or not va:
         raise CalbatchError("particle training: need at least one training and one validation series")
     rng = np.random.default_rng(opts.seed)
     val_batches = [batch([sample(s, t, rng, 0.0) for s, t in va[k:k + opts.batch]]) for k in range(0, len(va), opts.batch)]
     model, opt = build(opts), tf.keras.optimizers.Adam(opts.lr)
     model(*(tf.constant(x) for x in val_batches[0][:4]))
-    state_file = out / "state.json"
+    state_file, pool_file = out / "state.json", out / "pool.npz"
     state = {"options": asdict(opts), "epoch": 0, "log": [], "best": None}
     if state_file.exists():
         state = json.loads(state_file.read_text())
@@ -146,6 +190,9 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
             raise CalbatchError(f"{out}: resumed with other options than {state_file} holds; start a new folder")
         state["options"] = asdict(opts)
         model.load_weights(out / "last.weights.h5")
+    elif opts.init:
+        model.load_weights(opts.init)
+    pool = list(np.load(pool_file).values()) if pool_file.exists() else []
     spec = (*signature(), tf.TensorSpec([None, 3], tf.float32))
 
     def loss_of(n, e, s, r, y):
@@ -159,24 +206,42 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
         return loss
 
     val_step = tf.function(loss_of, input_signature=spec)
+    infer = tf.function(lambda n, e, s, r: model(n, e, s, r), input_signature=signature())
+
+    def residual_of(n, e, s, r):
+        return infer(tf.constant(n), tf.constant(e), tf.constant(s), tf.constant(r)).numpy().astype(np.float64)
+
     prior_only = float(np.mean([np.mean(np.square(b[4] / OUTPUT_SCALE_UM)) for b in val_batches]))
+    index = {id(s): k for k, s in enumerate(train_series)}
     for epoch in range(state["epoch"], opts.epochs):
         start, erng = time.perf_counter(), np.random.default_rng(opts.seed * 1000 + epoch)
-        order, losses = erng.permutation(len(tr)), []
+        rolled = bool(opts.rollout_from) and epoch + 1 >= opts.rollout_from
+        if rolled and (not pool or (epoch + 1 - opts.rollout_from) % opts.rollout_every == 0):
+            pool = free_rollouts(train_series, residual_of, opts.tolerance)
+            tmp = out / ".pool.tmp.npz"
+            np.savez(tmp, *pool)
+            os.replace(tmp, pool_file)
+        items = [(s, t, None) for s, t in tr] + ([(s, t, pool[index[id(s)]][t]) for s, t in tr] if rolled else [])
+        order, losses = erng.permutation(len(items)), []
         for k in range(0, len(order), opts.batch):
-            b = batch([sample(*tr[i], erng, opts.noise_um) for i in order[k:k + opts.batch]])
+            b = batch([sample(*items[i][:2], erng, opts.noise_um, items[i][2]) for i in order[k:k + opts.batch]])
             losses.append(float(train_step(*(tf.constant(x) for x in b))))
         val = float(np.mean([float(val_step(*(tf.constant(x) for x in b))) for b in val_batches]))
+        row = {"epoch": epoch + 1, "train": float(np.mean(losses)), "val": val, "val_prior_only": prior_only}
+        # with rollouts in training, the best weights are those whose free rollouts end nearest the DEM
+        if rolled:
+            row["val_rollout"] = rollout_score(val_series, free_rollouts(val_series, residual_of, opts.tolerance))
+        merit = -row["val_rollout"]["r2"] if rolled else val
         model.save_weights(out / "last.weights.h5")
-        if state["best"] is None or val < state["best"]:
-            state["best"] = val
+        if state["best"] is None or merit < state["best"] or (rolled and not any("val_rollout" in r for r in state["log"])):
+            state["best"] = merit
             model.save_weights(out / "best.weights.h5")
         state["epoch"] = epoch + 1
-        state["log"].append({"epoch": epoch + 1, "train": float(np.mean(losses)), "val": val,
-                             "val_prior_only": prior_only, "seconds": time.perf_counter() - start})
+        row["seconds"] = time.perf_counter() - start
+        state["log"].append(row)
         atomic_text(state_file, json.dumps(state, indent=1))
         if progress is not None:
-            progress(state["log"][-1])
+            progress(row)
     return state
 
 
