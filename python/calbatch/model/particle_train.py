@@ -44,6 +44,7 @@ class ParticleOptions:
     tol_am_cbd: float = 0.7
     tol_am_am: float = 1.3
     init: str = ""  # weights to start from (a run with the same network)
+    pair_weight: float = 0.0  # weight of the loss on every pair's relative move (what sets the overlaps)
 
     @property
     def tolerance(self) -> dict[str, float]:
@@ -196,7 +197,10 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     spec = (*signature(), tf.TensorSpec([None, 3], tf.float32))
 
     def loss_of(n, e, s, r, y):
-        return tf.reduce_mean(tf.square((model(n, e, s, r) - y) / OUTPUT_SCALE_UM))
+        err = (model(n, e, s, r) - y) / OUTPUT_SCALE_UM
+        # a pair's gap moves by the difference of its spheres' errors: the overlaps and the pores follow it
+        pair = tf.gather(err, r) - tf.gather(err, s)
+        return tf.reduce_mean(tf.square(err)) + opts.pair_weight * tf.reduce_mean(tf.square(pair))
 
     @tf.function(input_signature=spec)
     def train_step(n, e, s, r, y):
@@ -211,7 +215,11 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     def residual_of(n, e, s, r):
         return infer(tf.constant(n), tf.constant(e), tf.constant(s), tf.constant(r)).numpy().astype(np.float64)
 
-    prior_only = float(np.mean([np.mean(np.square(b[4] / OUTPUT_SCALE_UM)) for b in val_batches]))
+    def prior_loss(b):  # the loss of a network that adds nothing to the prior
+        y = b[4] / OUTPUT_SCALE_UM
+        return np.mean(np.square(y)) + opts.pair_weight * np.mean(np.square(y[b[3]] - y[b[2]]))
+
+    prior_only = float(np.mean([prior_loss(b) for b in val_batches]))
     index = {id(s): k for k, s in enumerate(train_series)}
     for epoch in range(state["epoch"], opts.epochs):
         start, erng = time.perf_counter(), np.random.default_rng(opts.seed * 1000 + epoch)
