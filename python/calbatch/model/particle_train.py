@@ -24,7 +24,15 @@ import numpy as np
 from ..electrode.particles import checked
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
-from ..surrogate.particle_step import EDGE_FEATURES, MAX_RESIDUAL_UM, NODE_FEATURES, OUTPUT_SCALE_UM, graph, rollout
+from ..surrogate.particle_step import (
+    EDGE_FEATURES,
+    MAX_RESIDUAL_UM,
+    NODE_FEATURES,
+    OUTPUT_SCALE_UM,
+    TOLERANCE_UM,
+    graph,
+    rollout,
+)
 
 
 @dataclass
@@ -40,9 +48,9 @@ class ParticleOptions:
     seed: int = 0
     rollout_from: int = 0  # the first epoch training on the model's own rollouts (0: never)
     rollout_every: int = 4
-    tol_cbd_cbd: float = 0.5  # the projection's tolerance per pair type (um): see particle_step.advance
-    tol_am_cbd: float = 0.7
-    tol_am_am: float = 1.3
+    tol_cbd_cbd: float = TOLERANCE_UM["CBD-CBD"]  # the projection's tolerance per pair type (um)
+    tol_am_cbd: float = TOLERANCE_UM["AM-CBD"]
+    tol_am_am: float = TOLERANCE_UM["AM-AM"]
     init: str = ""  # weights to start from (a run with the same network)
     pair_weight: float = 0.0  # weight of the loss on every pair's relative move (what sets the overlaps)
 

@@ -29,6 +29,10 @@ OUTPUT_SCALE_UM = 0.5  # the network's residual is in units of half a micrometre
 MAX_RESIDUAL_UM = 2.0  # the DEM's fastest spheres (the top, springing back) move 1.8 um a frame
 COLLECTOR_WALL_UM = 0.2  # how far a sphere may overlap the collector
 PRESS_WALL_UM = 1.5  # and the press: the DEM's press is soft, its spheres sink up to 1.4 um into it
+# overlaps (um) the projection leaves per pair type: about the DEM's 99th percentile in a bed pressed to
+# CD 30 (its spheres rarely overlap deeper; deeper ones in a rollout are drift that eats AM and CBD)
+TOLERANCE_UM = {"CBD-CBD": 0.4, "AM-CBD": 0.6, "AM-AM": 1.0}
+PROJECTION_SWEEPS = 16  # 4 leave a rollout's overlaps twice the DEM's; 16 hold them near the tolerance
 
 
 def graph(p: Particles, press_now: float, press_next: float, press_prev: float, stage_next: str, cd: float):
@@ -66,7 +70,7 @@ def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: f
     centres[:, 2] = np.clip(centres[:, 2], p.radii - COLLECTOR_WALL_UM, press_next - p.radii + PRESS_WALL_UM)
     nxt = replace(p, centres=centres)
     if tolerance is not None:
-        nxt, _ = project(nxt, press_next + PRESS_WALL_UM, tolerance)
+        nxt, _ = project(nxt, press_next + PRESS_WALL_UM, tolerance, PROJECTION_SWEEPS)
     return nxt
 
 
