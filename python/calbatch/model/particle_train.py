@@ -3,10 +3,10 @@
 The network is a graph network (encode, ``rounds`` of message passing over the pairs within the
 cutoff, decode) predicting every sphere's 3-D displacement beyond the press's affine squeeze. The
 inputs are noised (a random offset of every sphere, which the target then undoes), so the network
-learns to pull a drifted state back towards what the DEM does; from epoch ``rollout_from`` on, the
-training also steps from the model's own free rollouts of the training series (refreshed every
-``rollout_every`` epochs) towards the DEM's next frame, so it learns to undo the drift it makes
-itself (pushforward), and the best weights are chosen by free rollouts of the validation series. Sums over a sphere's pairs are
+learns to pull a drifted state back towards what the DEM does. With ``pushforward`` k > 0 the
+training also steps from the model's own states 1..k steps after every DEM frame (refreshed every
+``refresh_every`` epochs) towards the DEM's next frame, so it learns to undo the drift it makes
+itself, and the best weights are chosen by free rollouts of the validation series from frame 0. Sums over a sphere's pairs are
 ``tensor_scatter_nd_add`` (ONNX ScatterND with reduction add). Resumable: ``OUT/state.json`` and the
 last and best weights.
 """
@@ -32,6 +32,7 @@ from ..surrogate.particle_step import (
     TOLERANCE_UM,
     graph,
     rollout,
+    step,
 )
 
 
@@ -46,8 +47,8 @@ class ParticleOptions:
     lr: float = 1e-3
     epochs: int = 60
     seed: int = 0
-    rollout_from: int = 0  # the first epoch training on the model's own rollouts (0: never)
-    rollout_every: int = 4
+    pushforward: int = 0  # steps the model takes from each DEM frame to make its own training states
+    refresh_every: int = 3
     tol_cbd_cbd: float = TOLERANCE_UM["CBD-CBD"]  # the projection's tolerance per pair type (um)
     tol_am_cbd: float = TOLERANCE_UM["AM-CBD"]
     tol_am_am: float = TOLERANCE_UM["AM-AM"]
@@ -108,6 +109,26 @@ def free_rollouts(series: list[dict], residual_of, tolerance: dict[str, float]) 
     """Every series rolled out freely from its frame 0: positions (frames, n, 3) each."""
     return [rollout(s["p"], {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], residual_of, tolerance)
             for s in series]
+
+
+def pushforward_states(s: dict, steps: int, residual_of, tolerance: dict[str, float]) -> dict[int, list[np.ndarray]]:
+    """The model's own states of one series: from every DEM frame t0, ``steps`` steps (all starts
+    in one batch); returns {t: [positions reached at t, one per start that reached it]}."""
+    press, stage, frames = s["press"], s["stage"], len(s["press"])
+    starts = list(range(frames - 1))
+    cases = [replace(s["p"], centres=s["pos"][t]) for t in starts]
+    out: dict[int, list[np.ndarray]] = {}
+    for k in range(1, steps + 1):
+        live = [(t0, c) for t0, c in zip(starts, cases) if t0 + k < frames]
+        if not live:
+            break
+        ts = [t0 + k - 1 for t0, _ in live]
+        moved = step([c for _, c in live], [(press[max(t - 1, 0)], press[t], press[t + 1]) for t in ts],
+                     [stage[t + 1] for t in ts], [s["cd"]] * len(ts), residual_of, tolerance)
+        starts, cases = [t0 for t0, _ in live], moved
+        for t, c in zip(ts, moved):
+            out.setdefault(t + 1, []).append(c.centres)
+    return out
 
 
 def rollout_score(series: list[dict], trajectories: list[np.ndarray]) -> dict:
@@ -201,7 +222,10 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
         model.load_weights(out / "last.weights.h5")
     elif opts.init:
         model.load_weights(opts.init)
-    pool = list(np.load(pool_file).values()) if pool_file.exists() else []
+    pool: list[tuple[int, int, np.ndarray]] = []  # (series, frame, the model's own state there)
+    if pool_file.exists():
+        with np.load(pool_file) as z:
+            pool = [(int(i), int(t), x) for i, t, x in zip(z["series"], z["frame"], z["centres"])]
     spec = (*signature(), tf.TensorSpec([None, 3], tf.float32))
 
     def loss_of(n, e, s, r, y):
@@ -231,13 +255,17 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     index = {id(s): k for k, s in enumerate(train_series)}
     for epoch in range(state["epoch"], opts.epochs):
         start, erng = time.perf_counter(), np.random.default_rng(opts.seed * 1000 + epoch)
-        rolled = bool(opts.rollout_from) and epoch + 1 >= opts.rollout_from
-        if rolled and (not pool or (epoch + 1 - opts.rollout_from) % opts.rollout_every == 0):
-            pool = free_rollouts(train_series, residual_of, opts.tolerance)
+        rolled = opts.pushforward > 0
+        if rolled and (not pool or epoch % opts.refresh_every == 0):
+            keep = {(index[id(s)], t) for s, t in tr}
+            pool = [(i, t, x) for i, s in enumerate(train_series)
+                    for t, xs in pushforward_states(s, opts.pushforward, residual_of, opts.tolerance).items()
+                    for x in xs if (i, t) in keep and t < len(s["press"]) - 1]
             tmp = out / ".pool.tmp.npz"
-            np.savez(tmp, *pool)
+            np.savez(tmp, series=np.array([i for i, _, _ in pool]), frame=np.array([t for _, t, _ in pool]),
+                     centres=np.stack([x for _, _, x in pool]))
             os.replace(tmp, pool_file)
-        items = [(s, t, None) for s, t in tr] + ([(s, t, pool[index[id(s)]][t]) for s, t in tr] if rolled else [])
+        items = [(s, t, None) for s, t in tr] + [(train_series[i], t, x) for i, t, x in pool]
         order, losses = erng.permutation(len(items)), []
         for k in range(0, len(order), opts.batch):
             b = batch([sample(*items[i][:2], erng, opts.noise_um, items[i][2]) for i in order[k:k + opts.batch]])
