@@ -1,7 +1,7 @@
 """The learned particle step on the default DEM dataset: train (resumable), export, and score free
 rollouts from frame 0 on the validation series against the DEM.
 
-    python3 tools/particle_model.py [--epochs N] [--out runs/particle_model] [--score-only]
+    python3 tools/particle_model.py [--epochs N] [--out runs/particle_model] [--score-only | --export-only]
 
 The split is the frame model's (electrode 4 and four more cases held out, seven validation series
 drawn with seed 0), so the two are scored on the same series.
@@ -18,7 +18,15 @@ import numpy as np
 
 from calbatch.electrode.metrics import measure
 from calbatch.model.dataset import split
-from calbatch.model.particle_train import ParticleOptions, batch, export, load_particle_file, sample, train
+from calbatch.model.particle_train import (
+    PROJECTION_TOLERANCE_UM,
+    ParticleOptions,
+    batch,
+    export,
+    load_particle_file,
+    sample,
+    train,
+)
 from calbatch.surrogate.particle_step import onnx_residual, rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,20 +67,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs/particle_model")
     ap.add_argument("--epochs", type=int, default=ParticleOptions.epochs)
-    ap.add_argument("--score-only", action="store_true")
-    ap.add_argument("--tolerance", default='{"CBD-CBD": 0.5, "AM-CBD": 0.7, "AM-AM": 1.3}',
+    ap.add_argument("--score-only", action="store_true", help="export the run in --out and score it, no training")
+    ap.add_argument("--export-only", action="store_true", help="export the run in --out, no training, no scoring")
+    ap.add_argument("--tolerance", default=json.dumps(PROJECTION_TOLERANCE_UM),
                     help="overlaps (um per pair type) the projection leaves; 'none': no projection")
     args = ap.parse_args()
-    opts = ParticleOptions(epochs=args.epochs)
+    trained_only = args.score_only or args.export_only
+    state = args.out / "state.json"
+    opts = (ParticleOptions(**json.loads(state.read_text())["options"]) if trained_only and state.exists()
+            else ParticleOptions(epochs=args.epochs))
     parts = the_split()
-    if not args.score_only:
+    tolerance = None if args.tolerance == "none" else json.loads(args.tolerance)
+    if not trained_only:
         train(parts["train"], parts["val"], args.out, opts,
               progress=lambda row: print(json.dumps(row), file=sys.stderr, flush=True))
     s = load_particle_file(parts["val"][0])
     example = batch([sample(s, 3, np.random.default_rng(0), 0.0)])[:4]
     model = args.out / "particle_step.onnx"
-    print(f"export: largest difference from Keras {export(args.out, opts, model, example):.2e}", file=sys.stderr)
-    tolerance = None if args.tolerance == "none" else json.loads(args.tolerance)
+    gap = export(args.out, opts, model, example, parts["train"], tolerance)
+    print(f"export: {model}, largest difference from Keras {gap:.2e}", file=sys.stderr)
+    if args.export_only:
+        return
     rows = score(model, parts["val"], tolerance)
     summary = {k: float(np.mean([abs(r[k]) for r in rows])) for k in rows[0] if k != "series"}
     (args.out / "validation.json").write_text(json.dumps({"rows": rows, "mean_abs": summary, "tolerance": tolerance}, indent=1))
