@@ -30,7 +30,7 @@ from ..electrode.checks import check_scores
 from ..electrode.volume import validate
 from ..errors import CalbatchError
 from .backends import open_backend
-from .contract import COND_NAMES, ModelFile, conditioning, load_onnx
+from .contract import COND_NAMES, Kind, ModelFile, conditioning, load_onnx, model_kind
 from .rules import DEFAULT_RULE, NEAREST, decide, expected_counts, reach_planned_top, rule_named, solid_top
 
 
@@ -117,7 +117,20 @@ class Stepper:
     Runtime's CPU provider); ``rule``: the decision rule (:data:`calbatch.surrogate.rules.RULES`);
     ``voxel_size``: um (default: the model's); ``threads``: ONNX Runtime intra-op threads;
     ``batch_size``: cases of one grid sharing a network call.
+
+    A particle model's file opens as the sibling that steps particles
+    (:class:`calbatch.surrogate.particle_stepper.ParticleStepper`, same methods), so every caller
+    has one door whatever the model's kind.
     """
+
+    steps_particles = False
+
+    def __new__(cls, model=None, *args, **kwargs):
+        if not cls.steps_particles and model is not None and model_kind(model) is Kind.PARTICLES:
+            from .particle_stepper import particle_class
+
+            cls = particle_class(cls)
+        return super().__new__(cls)
 
     def __init__(self, model: str | Path, backend: str = "cpu", rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1):
@@ -160,12 +173,19 @@ class Stepper:
             p["counts"] = None
         return p
 
+    def particles_of(self, spec, frame: int = 0):
+        """What a particle model starts from in the file ``spec`` (see the particle stepper); a
+        frame model steps from the voxels alone: None."""
+        return None
+
     def start(self, start, cd: float, h0: float | None = None, series: bool = True, forced: np.ndarray | None = None,
-              speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None) -> Case:
+              speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
+              particles=None) -> Case:
         """A case from one volume (nz, ny, nx) or its first three frames, checked against the
         model; ``series``: keep every frame (else a ring of the last three); ``forced``: the true
         frames of a teacher-forced case (``start`` is then its frame 0); the schedule's ``speed``,
-        ``frame_interval_us`` and ``dt`` default to the model's training data."""
+        ``frame_interval_us`` and ``dt`` default to the model's training data; ``particles``
+        (:meth:`particles_of`) is for particle models: a frame model steps from the voxels."""
         given, h0 = start_frames(start, self.voxel_size, h0)
         vs = self.voxel_size
         self.model.check_input(given.shape[1:], vs, h0)
@@ -261,12 +281,15 @@ class Stepper:
         return self._windows[grid]
 
     def cases(self, starts: Sequence, cds: Sequence[float], h0s: Sequence[float | None] | None = None,
-              series: bool = True, progress: bool = False) -> list[Case]:
-        """Start and run many cases (batched); returns them finished."""
+              series: bool = True, progress: bool = False, particles: Sequence | None = None) -> list[Case]:
+        """Start and run many cases (batched); returns them finished. ``particles``: per start,
+        what a particle model starts from (:meth:`particles_of`; None: from the voxels)."""
         h0s = [None] * len(starts) if h0s is None else list(h0s)
-        if not len(starts) == len(cds) == len(h0s):
-            raise CalbatchError(f"rollouts: {len(starts)} starts, {len(cds)} CDs and {len(h0s)} tops (one each)")
-        cases = [self.start(s, cd, h, series) for s, cd, h in zip(starts, cds, h0s)]
+        particles = [None] * len(starts) if particles is None else list(particles)
+        if not len(starts) == len(cds) == len(h0s) == len(particles):
+            raise CalbatchError(f"rollouts: {len(starts)} starts, {len(cds)} CDs, {len(h0s)} tops and {len(particles)} "
+                                "particle states (one each)")
+        cases = [self.start(s, cd, h, series, particles=p) for s, cd, h, p in zip(starts, cds, h0s, particles)]
         self.run(cases, progress)
         return cases
 
