@@ -257,9 +257,13 @@ class ModelFile:
                               self.dt if dt is None else dt)
 
     def check_input(self, shape, voxel_size: float, h0: float) -> None:
-        """Refuse a grid or voxel size the model cannot take (one line naming the value)."""
+        """Refuse a grid or voxel size the model cannot take (one line naming the value): a frame
+        model takes its training voxel size and grid (or its multiples)."""
         path = self.path
-        if not abs(voxel_size - self.voxel_size) <= 1e-6 * self.voxel_size:
+        if not voxel_size > 0:
+            raise CalbatchError(f"voxel size {voxel_size:g} um: must be positive")
+        # a particle model's features are in um: its frames render exactly on any grid
+        if self.kind.frames and not abs(voxel_size - self.voxel_size) <= 1e-6 * self.voxel_size:
             raise CalbatchError(f"voxel size {voxel_size:g} um: the model {path} was trained at {self.voxel_size:g} um")
         nz, ny, nx = shape
         if self.kind.frames:
