@@ -95,7 +95,7 @@ def _fail(command: str, message: str, code: int = 2) -> int:
 def _warning_line(command: str):
     """Warnings as one line on stderr (one rank), as errors are."""
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def show(message, *_):
         if is_root():
             sys.stderr.write(f"calbatch {command}: warning: {message}\n")
 

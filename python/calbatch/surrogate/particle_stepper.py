@@ -248,7 +248,7 @@ class _CpuBackend:
     def __init__(self, session):
         self._session = session
 
-    def session(self, grid=None):
+    def session(self, _grid=None):
         return self._session
 
 

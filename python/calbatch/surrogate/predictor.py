@@ -106,10 +106,8 @@ class Predictor(Stepper):
         if len(vols) != len(values):
             raise CalbatchError(f"predict: {len(vols)} structures but {len(values)} CDs (give one, or as many)")
         t0 = time.perf_counter()
-        if particles is None or isinstance(particles, (list, tuple)):
-            starts = particles
-        else:
-            starts = [particles] * len(vols)
+        one_start = particles is not None and not isinstance(particles, (list, tuple))
+        starts = [particles] * len(vols) if one_start else particles
         if starts is not None and len(starts) != len(vols):
             raise CalbatchError(f"predict: {len(vols)} structures but {len(starts)} particle states (give one, or as many)")
         cases = self.cases(vols, values, series=series, particles=starts)  # without the series: a ring of 3 frames

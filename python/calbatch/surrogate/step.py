@@ -125,7 +125,7 @@ class Stepper:
 
     steps_particles = False
 
-    def __new__(cls, model=None, *args, **kwargs):
+    def __new__(cls, model=None, *_args, **_kwargs):
         if not cls.steps_particles and model is not None and model_kind(model) is Kind.PARTICLES:
             from .particle_stepper import particle_class
 
@@ -173,14 +173,13 @@ class Stepper:
             p["counts"] = None
         return p
 
-    def particles_of(self, spec, frame: int = 0):
+    def particles_of(self, spec, frame: int = 0):  # noqa: ARG002 (the particle stepper's)
         """What a particle model starts from in the file ``spec`` (see the particle stepper); a
         frame model steps from the voxels alone: None."""
-        return None
 
     def start(self, start, cd: float, h0: float | None = None, series: bool = True, forced: np.ndarray | None = None,
               speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
-              particles=None) -> Case:
+              particles=None) -> Case:  # noqa: ARG002 (a particle model's start)
         """A case from one volume (nz, ny, nx) or its first three frames, checked against the
         model; ``series``: keep every frame (else a ring of the last three); ``forced``: the true
         frames of a teacher-forced case (``start`` is then its frame 0); the schedule's ``speed``,
