@@ -30,7 +30,7 @@ from ..electrode.checks import check_scores
 from ..electrode.volume import validate
 from ..errors import CalbatchError
 from .backends import open_backend
-from .contract import COND_NAMES, Kind, ModelFile, conditioning, load_onnx, model_kind
+from .contract import COND_NAMES, ModelFile, conditioning, load_onnx
 from .rules import DEFAULT_RULE, NEAREST, decide, expected_counts, reach_planned_top, rule_named, solid_top
 
 
@@ -125,13 +125,6 @@ class Stepper:
 
     steps_particles = False
 
-    def __new__(cls, model=None, *_args, **_kwargs):
-        if not cls.steps_particles and model is not None and model_kind(model) is Kind.PARTICLES:
-            from .particle_stepper import particle_class
-
-            cls = particle_class(cls)
-        return super().__new__(cls)
-
     def __init__(self, model: str | Path, backend: str = "cpu", rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1):
         self.model_path = Path(model)
@@ -140,6 +133,12 @@ class Stepper:
             raise CalbatchError(f"batch_size: must be at least 1, got {batch_size}")
         self.session, self.meta = load_onnx(self.model_path, threads)
         self.model = ModelFile(self.model_path, self.meta, self.session)
+        if not self.model.kind.frames:  # a particle model: this object becomes its particle sibling
+            from .particle_stepper import ParticleStepper, particle_class
+
+            self.__class__ = particle_class(type(self))
+            ParticleStepper.__init__(self, model, backend, rule, voxel_size, threads, batch_size)
+            return
         self.rule, self.batch_size = rule, int(batch_size)
         self.decision = rule_named(rule) if self.model.kind.scores else NEAREST
         self.voxel_size = self.model.voxel_size if voxel_size is None else float(voxel_size)
