@@ -144,6 +144,15 @@ def test_screen_of_a_couple_of_cases(tmp_path):
     assert s["attrs"]["decision_rule"] == "particle step" and s["positions"].shape[1] == 1063
 
 
+def test_optimize_with_a_particle_model():
+    proc = run_cli("optimize", "--porosity", "0.43", "--model", MODEL, "--grid", "2", "--xtol", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["model"] == str(MODEL) and r["electrode"] == "example"
+    lo, hi = r["reachable"]["porosity"]
+    assert lo < 0.43 < hi and abs(r["answer"]["residual"]) < hi - lo
+
+
 def test_particle_drift_is_the_minimum_image_distance():
     from calbatch.evaluate.scores import particle_drift
 

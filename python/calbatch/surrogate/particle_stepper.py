@@ -136,7 +136,9 @@ class ParticleStepper(Stepper):
                 if positions.ndim == 3 and positions.shape[1] > 0:
                     if inner in (None, "/frames"):  # the whole series
                         return ParticleSource(replace(particles_of(path, 0), source=path), positions)
-                    return ParticleSource(particles_of(path, int(inner.rsplit("/", 1)[1])))  # one frame, as a start
+                    last = inner.rsplit("/", 1)[1]
+                    if last.isdigit():  # one frame, as a start
+                        return ParticleSource(particles_of(path, int(last)))
                 if inner in (None, "/frames"):  # a frame model's rollout: no particles
                     spec = f"{path}:/frames/{frame}"
                     return self._decomposed(read_volume(spec), spec, frame)
@@ -177,6 +179,9 @@ class ParticleStepper(Stepper):
                 raise CalbatchError(f"{first.source}: teacher forcing a particle model needs the true particles of "
                                     f"all {n} frames (a DEM series holding /particles)")
             truth = np.asarray(particles.positions, dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(truth).all(axis=(1, 2)))
+            if bad.size:
+                raise CalbatchError(f"{first.source}: /particles/positions: frame {bad[0]} holds a non-finite position")
         slots = n if series or forced is not None else 3
         frames = np.empty((slots, nz, ny, nx), dtype=np.uint8)
         if forced is not None:
