@@ -121,8 +121,9 @@ def teacher_forced(stepper: Stepper, case: _Case) -> np.ndarray:
     return _rollout(stepper, case, forced=True).predicted
 
 
-def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool]:
-    """Every pass's frames (see the module), the model's seconds per step, the extrapolation flag."""
+def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool, dict | None]:
+    """Every pass's frames (see the module), the model's seconds per step, the extrapolation flag
+    and, for a particle model, the particle view."""
     frames = case.frames
     free1, free3 = _rollout(stepper, case), _rollout(stepper, case, 3)
     if free1.n_frames != len(frames):
@@ -136,14 +137,14 @@ def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool]:
              "press_affine": (baselines.press_affine(frames[0], case.s["press_z_um"], case.h0), 1)}
     if case.twin is not None:
         preds["twin"] = (case.twin["frames"], 1)
+    drift = None
     if case.particles is not None:
-        box = case.particles.particles.box
-        dem = case.s["positions"]
-        timing["particles"] = {"free_from_frame0": particle_drift(free1.positions, dem, box),
-                               "free_from_3_frames": particle_drift(free3.positions, dem, box)}
+        box, dem = case.particles.particles.box, case.s["positions"]
+        drift = {"free_from_frame0": particle_drift(free1.positions, dem, box),
+                 "free_from_3_frames": particle_drift(free3.positions, dem, box)}
         if case.twin is not None:
-            timing["particles"]["twin"] = particle_drift(case.twin["positions"], dem, box)
-    return preds, timing, free1.extrapolated
+            drift["twin"] = particle_drift(case.twin["positions"], dem, box)
+    return preds, timing, free1.extrapolated, drift
 
 
 def _slices(frames: np.ndarray, picks) -> np.ndarray:
@@ -153,8 +154,7 @@ def _slices(frames: np.ndarray, picks) -> np.ndarray:
 
 def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict]:
     """The report of one series, and its slices for the plots."""
-    preds, timing, extrapolated = _predictions(stepper, case)
-    drift = timing.pop("particles", None)
+    preds, timing, extrapolated, drift = _predictions(stepper, case)
     frames, vs = case.frames, case.vs
     t0 = time.perf_counter()
     dem_states = [frame_state(f, vs) for f in frames]
