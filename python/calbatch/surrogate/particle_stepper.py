@@ -83,6 +83,10 @@ class ParticleStepper(Stepper):
 
     def __init__(self, model: str | Path, backend: str = "cpu", rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1):
+        self._open(model, backend, rule, voxel_size, threads, batch_size)
+
+    def _open(self, model, backend: str, rule: str, voxel_size: float | None, threads: int | None,
+              batch_size: int) -> None:
         self.model_path = Path(model)
         rule_named(rule)
         if backend != "cpu":
@@ -279,3 +283,6 @@ def particle_class(cls: type) -> type:
         _SIBLINGS[cls] = type(cls.__name__, (cls, ParticleStepper), {"__doc__": cls.__doc__,
                                                                      "__module__": cls.__module__})
     return _SIBLINGS[cls]
+
+
+Stepper.particle_sibling = staticmethod(particle_class)

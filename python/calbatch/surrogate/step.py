@@ -124,6 +124,9 @@ class Stepper:
     """
 
     steps_particles = False
+    # cls -> the class a particle model's file makes of it; set by calbatch.surrogate.particle_stepper,
+    # which the package imports
+    particle_sibling = None
 
     def __init__(self, model: str | Path, backend: str = "cpu", rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1):
@@ -134,10 +137,8 @@ class Stepper:
         self.session, self.meta = load_onnx(self.model_path, threads)
         self.model = ModelFile(self.model_path, self.meta, self.session)
         if not self.model.kind.frames:  # a particle model: this object becomes its particle sibling
-            from .particle_stepper import ParticleStepper, particle_class
-
-            self.__class__ = particle_class(type(self))
-            ParticleStepper.__init__(self, model, backend, rule, voxel_size, threads, batch_size)
+            self.__class__ = Stepper.particle_sibling(type(self))
+            self._open(model, backend, rule, voxel_size, threads, batch_size)
             return
         self.rule, self.batch_size = rule, int(batch_size)
         self.decision = rule_named(rule) if self.model.kind.scores else NEAREST
