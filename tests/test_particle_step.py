@@ -13,6 +13,7 @@ from calbatch.surrogate.particle_step import (
     EDGE_FEATURES,
     NODE_FEATURES,
     PRESS_WALL_UM,
+    TOLERANCE_UM,
     graph,
     onnx_residual,
     rollout,
@@ -32,7 +33,7 @@ def trained(tmp_path_factory):
     state = train([PARTICLES / "ms1_cd20.h5"], [PARTICLES / "ms2_cd20.h5"], out, opts)
     s = load_particle_file(PARTICLES / "ms2_cd20.h5")
     example = batch([sample(s, 3, np.random.default_rng(0), 0.0)])[:4]
-    gap = export(out, opts, out / "step.onnx", example)
+    gap = export(out, opts, out / "step.onnx", example, [PARTICLES / "ms1_cd20.h5"])
     return {"state": state, "gap": gap, "onnx": out / "step.onnx", "series": s, "out": out, "opts": opts}
 
 
@@ -60,10 +61,15 @@ def test_training_lowers_the_loss_and_resumes(trained):
 
 
 def test_export_matches_keras_and_the_rollout_stays_between_the_walls(trained):
+    from calbatch.surrogate.contract import Kind, ModelFile, load_onnx
+
+    session, meta = load_onnx(trained["onnx"])
+    model = ModelFile(trained["onnx"], meta, session)
+    assert model.kind is Kind.PARTICLES and model.cd_range == (20.0, 20.0) and model.tolerance == TOLERANCE_UM
     assert trained["gap"] < 1e-4
     s = trained["series"]
     frames = rollout(s["p"], {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], onnx_residual(trained["onnx"]),
-                     {"CBD-CBD": 0.5, "AM-CBD": 0.7, "AM-AM": 1.3})
+                     TOLERANCE_UM)
     assert frames.shape == s["pos"].shape and np.isfinite(frames).all()
     z, r = frames[..., 2], s["p"].radii
     assert np.all(z >= r - COLLECTOR_WALL_UM - 1e-9) and np.all(z[1:] <= s["press"][1:, None] - r + PRESS_WALL_UM + 1e-9)

@@ -1,7 +1,7 @@
 """The learned particle step on the default DEM dataset: train (resumable), export, and score free
 rollouts from frame 0 on the validation series against the DEM.
 
-    python3 tools/particle_model.py [--epochs N] [--out runs/particle_model] [--score-only]
+    python3 tools/particle_model.py [--epochs N] [--out runs/particle_model] [--score-only | --export-only]
 
 The split is the frame model's (electrode 4 and four more cases held out, seven validation series
 drawn with seed 0), so the two are scored on the same series.
@@ -70,22 +70,29 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs/particle_model")
     for f in fields(ParticleOptions):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--score-only", action="store_true", help="export the run in --out and score it, no training")
+    ap.add_argument("--export-only", action="store_true", help="export the run in --out, no training, no scoring")
     ap.add_argument("--split", choices=("val", "test"), default="val", help="the series to score (choose on val)")
     args = ap.parse_args()
-    opts = ParticleOptions(**{f.name: getattr(args, f.name) for f in fields(ParticleOptions)})
+    trained_only = args.score_only or args.export_only
+    state = args.out / "state.json"
+    opts = (ParticleOptions(**json.loads(state.read_text())["options"]) if trained_only and state.exists()
+            else ParticleOptions(**{f.name: getattr(args, f.name) for f in fields(ParticleOptions)}))
     parts = the_split()
-    if not args.score_only:
+    if not trained_only:
         train(parts["train"], parts["val"], args.out, opts,
               progress=lambda row: print(json.dumps(row), file=sys.stderr, flush=True))
     s = load_particle_file(parts["val"][0])
     example = batch([sample(s, 3, np.random.default_rng(0), 0.0)])[:4]
     model = args.out / "particle_step.onnx"
-    print(f"export: largest difference from Keras {export(args.out, opts, model, example):.2e}", file=sys.stderr)
-    tolerance = opts.tolerance
-    rows = score(model, parts[args.split], tolerance)
+    gap = export(args.out, opts, model, example, parts["train"])
+    print(f"export: {model}, largest difference from Keras {gap:.2e}", file=sys.stderr)
+    if args.export_only:
+        return
+    rows = score(model, parts[args.split], opts.tolerance)
     summary = {k: float(np.mean([abs(r[k]) for r in rows])) for k in rows[0] if k != "series"}
-    (args.out / ("validation.json" if args.split == "val" else "test.json")).write_text(json.dumps({"rows": rows, "mean_abs": summary, "tolerance": tolerance}, indent=1))
+    (args.out / f"{'validation' if args.split == 'val' else 'test'}.json").write_text(
+        json.dumps({"rows": rows, "mean_abs": summary, "tolerance": opts.tolerance}, indent=1))
     print(json.dumps(summary))
 
 

@@ -16,6 +16,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 
 from .. import __version__
 from ..common.mpi import is_root
@@ -91,12 +92,23 @@ def _fail(command: str, message: str, code: int = 2) -> int:
     return code
 
 
+def _warning_line(command: str):
+    """Warnings as one line on stderr (one rank), as errors are."""
+
+    def show(message, *_):
+        if is_root():
+            sys.stderr.write(f"calbatch {command}: warning: {message}\n")
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # bare `calbatch`: its help, not an error
         parser.print_help()
         return 0
+    warnings.showwarning = _warning_line(args.command)
     try:
         args.run(args)
     except CalbatchError as exc:

@@ -101,7 +101,7 @@ def _rollout(args) -> None:
         lo_hi = json.loads(meta.get("cd_range_percent", "[0, 90]"))
         check_cd(args.cd, tuple(lo_hi), cd_margin(meta), "--cd")
     r = rollout_file(Path(args.model), Path(start), args.cd, Path(args.out), args.start_frames, args.decision,
-                     args.voxel_size, args.threads)
+                     args.voxel_size, args.threads, particles_out=Path(args.particles_out) if args.particles_out else None)
     flag = "  (CD outside the trained range: extrapolated)" if r["cd_extrapolated"] else ""
     print_result(r, args.json, f"{r['out']}  {r['frames']} frames  CD {r['cd_percent']:g} %  "
                                f"{r['seconds_per_step']:.3f} s/step{flag}")
@@ -132,6 +132,10 @@ def _evaluate_table(r: dict) -> str:
                      f"{_pct(v.get('d_eff_error')):>6} {_pct(v.get('tau_error')):>6} {thick:5.1f}")
     lines.append("(R2 over frames; IoU AM mean; AM vol: worst |volume error| in any frame; porosity, contact areas, D_eff, "
                  "tau: mean |relative error| on the final frame; thick: mean |final thickness error| in voxels)")
+    if r.get("particle_drift"):
+        lines.append("particle drift from the DEM, final frame (mean over series): "
+                     + "; ".join(f"{name} median {d['final_median_um']:.2f} um, p90 {d['final_p90_um']:.2f} um"
+                                 for name, d in r["particle_drift"].items()))
     lines.append(f"{'series':<28} {'CD':>4} {'R2 free':>7} {'porosity':>8} {'D_eff':>6}  flag  "
                  "(free rollout from frame 0; relative errors of the final frame)")
     for s in r["series"]:
@@ -224,10 +228,12 @@ def add_cli(subparsers) -> None:
         q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = subparsers.add_parser("rollout", help="free rollout of an ONNX model through the DEM's press schedule")
-    p.add_argument("model", help="ONNX model from `calbatch export`")
+    p.add_argument("model", help="ONNX model: a frame model from `calbatch export` or a particle model")
     p.add_argument("start", help="uncalendered volume (.npy, .tif, file.h5:/dataset, or example) or a series file (.h5)")
     p.add_argument("--cd", type=finite(), required=True, help="compression degree in percent")
     p.add_argument("--out", required=True, help="series file to write (.h5)")
+    p.add_argument("--particles-out", default=None, metavar="FILE",
+                   help="a particle model: also write its particles of every frame here (.h5, the DEM's particle file)")
     p.add_argument("--start-frames", type=int, choices=(1, 3), default=1,
                    help="frames of a series to start from (default 1: the uncalendered frame)")
     p.add_argument("--voxel-size", type=finite(), default=None,
@@ -238,7 +244,7 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run=_rollout)
 
     p = subparsers.add_parser("evaluate", help="free and teacher-forced rollouts and baselines against DEM series")
-    p.add_argument("model", help="ONNX model from `calbatch export`")
+    p.add_argument("model", help="ONNX model: a frame model from `calbatch export` or a particle model")
     p.add_argument("series", nargs="+", help="DEM series files with voxel frames (.h5)")
     p.add_argument("--twin", action="append", default=[], metavar="TWIN.h5",
                    help="a twin DEM series (same pack and CD, another --dt), matched to a series by microstructure id "

@@ -41,7 +41,8 @@ def _time_dl(predictor, electrode: dict, cd: float, repeats: int) -> tuple[dict,
     runs, totals = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        runs.append(predictor.rollout(electrode["volume"], cd, h0=electrode["h0"]))
+        runs.append(predictor.rollout(electrode["volume"], cd, h0=electrode["h0"],
+                                      particles=predictor.particles_of(electrode["pack"])))
         totals.append(time.perf_counter() - t0)
     if any(not np.array_equal(r["frames"], runs[0]["frames"]) for r in runs[1:]):
         raise CalbatchError(f"CD {cd:g}: repeated rollouts of the same case differ; the backend is not deterministic")

@@ -11,6 +11,10 @@ final relaxed frame porosity, contact areas, D_eff and tau as value / DEM / rela
 - ``twin``: a twin DEM series (the same pack and CD rerun with another time step), the ceiling,
   when one is given; twins are matched to series by microstructure id and CD.
 
+A particle model starts from the series' own particles (it needs series that hold them) and adds
+the particle view (``particles``): every particle's distance from its DEM position per frame, as
+median and 90th percentile, for the free rollouts and, beside them, the twin's.
+
 The training set's same-CD mean porosity (from the model's metadata) is scored on porosity alone.
 Inputs are all checked before any work starts; the JSON report and the plots
 (:mod:`calbatch.evaluate.plots`) are written at the end.
@@ -30,7 +34,7 @@ from ..surrogate.contract import ExtrapolationWarning, ModelFile
 from ..surrogate.rules import DEFAULT_RULE
 from ..surrogate.step import Stepper
 from . import baselines
-from .scores import CONTACTS, final_scores, final_state, frame_state, per_frame, triple
+from .scores import CONTACTS, final_scores, final_state, frame_state, particle_drift, per_frame, triple
 
 PASSES = ("free_from_frame0", "free_from_3_frames", "teacher_forced", "persistence", "press_affine", "twin")
 MIN_FRAMES = 4  # three given frames and one to predict
@@ -39,7 +43,7 @@ MIN_FRAMES = 4  # three given frames and one to predict
 class _Case:
     """One series (and its twin) read and checked against the model."""
 
-    def __init__(self, path: Path, model: ModelFile):
+    def __init__(self, path: Path, model: ModelFile, stepper: Stepper | None = None):
         self.path = Path(path)
         s = read_series(self.path)
         if "frames" not in s:
@@ -56,6 +60,15 @@ class _Case:
             raise CalbatchError(f"{path}: series attribute {exc.args[0]!r} missing") from None
         model.check_input(s["frames"].shape[1:], self.vs, self.h0)
         self.s, self.frames = s, s["frames"]
+        self.particles = None  # a particle model's start: the series' own particles, every frame
+        if stepper is not None and stepper.steps_particles:
+            pos = s["positions"]
+            if pos.ndim != 3 or pos.shape[1] == 0:
+                raise CalbatchError(f"{path}: holds no particles (/particles/positions); a particle model is evaluated "
+                                    "on DEM series that hold them")
+            if len(pos) != len(self.frames):
+                raise CalbatchError(f"{path}: /particles/positions has {len(pos)} frames, /frames {len(self.frames)}")
+            self.particles = stepper.particles_of(self.path)
         self.twin: dict | None = None
         self.twin_path: Path | None = None
 
@@ -68,6 +81,9 @@ class _Case:
         vs = twin["attrs"].get("voxel_size_um")
         if vs is None:
             raise CalbatchError(f"{path}: series attribute 'voxel_size_um' missing")
+        if self.particles is not None and twin["positions"].shape != self.s["positions"].shape:
+            raise CalbatchError(f"{path}: twin particles {list(twin['positions'].shape)} differ from {self.path}'s "
+                                f"{list(self.s['positions'].shape)} (frames, n, 3)")
         if abs(float(vs) - self.vs) > 1e-9:
             raise CalbatchError(f"{path}: twin voxel size {float(vs):g} um, {self.path} has {self.vs:g} um")
         self.twin, self.twin_path = twin, Path(path)
@@ -95,7 +111,7 @@ def _rollout(stepper: Stepper, case: _Case, given: int = 1, forced: bool = False
     """One case of ``case``'s schedule stepped to its end: free from its first ``given`` frames, or
     teacher-forced (every step from the true frames)."""
     c = stepper.start(case.frames[0] if given == 1 else case.frames[:given], case.cd, forced=case.frames if forced else None,
-                      **case.kw)
+                      particles=case.particles, **case.kw)
     stepper.run([c])
     return c
 
@@ -105,8 +121,9 @@ def teacher_forced(stepper: Stepper, case: _Case) -> np.ndarray:
     return _rollout(stepper, case, forced=True).predicted
 
 
-def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool]:
-    """Every pass's frames (see the module), the model's seconds per step, the extrapolation flag."""
+def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool, dict | None]:
+    """Every pass's frames (see the module), the model's seconds per step, the extrapolation flag
+    and, for a particle model, the particle view."""
     frames = case.frames
     free1, free3 = _rollout(stepper, case), _rollout(stepper, case, 3)
     if free1.n_frames != len(frames):
@@ -120,7 +137,14 @@ def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool]:
              "press_affine": (baselines.press_affine(frames[0], case.s["press_z_um"], case.h0), 1)}
     if case.twin is not None:
         preds["twin"] = (case.twin["frames"], 1)
-    return preds, timing, free1.extrapolated
+    drift = None
+    if case.particles is not None:
+        box, dem = case.particles.particles.box, case.s["positions"]
+        drift = {"free_from_frame0": particle_drift(free1.positions, dem, box),
+                 "free_from_3_frames": particle_drift(free3.positions, dem, box)}
+        if case.twin is not None:
+            drift["twin"] = particle_drift(case.twin["positions"], dem, box)
+    return preds, timing, free1.extrapolated, drift
 
 
 def _slices(frames: np.ndarray, picks) -> np.ndarray:
@@ -130,7 +154,7 @@ def _slices(frames: np.ndarray, picks) -> np.ndarray:
 
 def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict]:
     """The report of one series, and its slices for the plots."""
-    preds, timing, extrapolated = _predictions(stepper, case)
+    preds, timing, extrapolated, drift = _predictions(stepper, case)
     frames, vs = case.frames, case.vs
     t0 = time.perf_counter()
     dem_states = [frame_state(f, vs) for f in frames]
@@ -154,6 +178,8 @@ def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict
               "training_mean_porosity": (None if base is None else {"porosity": triple(base["mean"], dem_final["porosity"]),
                                                                     "training_series": base["n"]}),
               "timings": timing}
+    if drift is not None:
+        report["particles"] = drift
     picks = sorted({0, int(np.argmin(case.s["press_z_um"])), len(frames) // 4, len(frames) - 1})
     slices = {"frames": picks, "dem": _slices(frames, picks), "free_from_frame0": _slices(preds["free_from_frame0"][0], picks)}
     if "twin" in preds:
@@ -195,6 +221,17 @@ def summarize(reports: list[dict]) -> dict:
     return summary
 
 
+def drift_summary(reports: list[dict]) -> dict:
+    """Per pass of the particle view, over the series: the mean final median and 90th percentile
+    drift (um); empty for a frame model."""
+    drifts: dict[str, list] = {}
+    for r in reports:
+        for name, d in r.get("particles", {}).items():
+            drifts.setdefault(name, []).append(d)
+    return {name: {"series": len(v), "final_median_um": float(np.mean([d["final_median_um"] for d in v])),
+                   "final_p90_um": float(np.mean([d["final_p90_um"] for d in v]))} for name, v in drifts.items()}
+
+
 def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: int | None = None, fick: bool = True,
              out: Path | None = None, progress: bool = False) -> dict:
     """The report of ``model`` on each of ``series`` (see the module); with ``out`` also the PNG
@@ -208,7 +245,7 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
     if fick:  # fail now, not after the rollouts
         import mpi4py  # noqa: F401
         import petsc4py  # noqa: F401
-    cases = [_Case(Path(p), stepper.model) for p in series]
+    cases = [_Case(Path(p), stepper.model, stepper) for p in series]
     _attach_twins(cases, twins)
     reports, slices = [], []
     bar = Progress("evaluate", len(cases), "series", progress)
@@ -225,6 +262,8 @@ def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: i
     report = {"model": str(model), "model_kind": meta.get("kind", ""), "cd_range_percent": meta.get("cd_range_percent"),
               "decision_rule": rule, "fick": fick, "has_training_porosity": "training_final_porosity_by_cd" in meta,
               "summary": summarize(reports), "series": reports, "wall_time_s": time.perf_counter() - t0}
+    if stepper.steps_particles:
+        report["particle_drift"] = drift_summary(reports)
     if out is not None:
         from ..view import unavailable
         from .plots import plot_all

@@ -2,7 +2,8 @@
 MSE, MAE and R^2 (the paper's eq. 3 on the raw codes, :func:`calbatch.electrode.metrics.compare`), IoU of
 pore, CBD and AM, phase volumes and thickness; on the final (relaxed) frame porosity, the three
 contact areas inside the electrode, D_eff and tau (the Fick solve), each as the prediction's value,
-the DEM's and the relative error.
+the DEM's and the relative error. For a particle model, the particle view: how far every particle
+lies from its DEM position, frame by frame (:func:`particle_drift`).
 """
 
 from __future__ import annotations
@@ -97,3 +98,16 @@ def final_scores(state: dict, dem: dict) -> dict:
         out["tau"] = triple(state["tau"], dem["tau"])
         out["fick_converged"] = bool(state["fick_converged"])
     return out
+
+
+def particle_drift(pred: np.ndarray, truth: np.ndarray, box) -> dict:
+    """Per frame the median and 90th percentile (um) of every particle's distance from its DEM
+    position (``pred``, ``truth`` (frames, n, 3) in the same particle order; minimum image in x
+    and y, periodic with ``box`` (x, y) um), and the final frame's."""
+    d = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    period = np.asarray(box, dtype=np.float64)[:2]
+    d[..., :2] -= period * np.round(d[..., :2] / period)
+    dist = np.linalg.norm(d, axis=-1)
+    median, p90 = np.median(dist, axis=1), np.percentile(dist, 90, axis=1)
+    return {"median_um": median.tolist(), "p90_um": p90.tolist(), "final_median_um": float(median[-1]),
+            "final_p90_um": float(p90[-1])}

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from ..surrogate.contract import Kind
 
-KINDS = tuple(kind.value for kind in Kind)
+KINDS = tuple(kind.value for kind in Kind if kind.frames)  # the particle step trains apart
 
 
 def option(default, help: str, *, min: int | None = None, flag: str | None = None, metavar: str | None = None,

@@ -289,29 +289,53 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     return state
 
 
-def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple) -> float:
-    """The best weights of ``out`` -> ONNX at ``onnx_path`` (metadata: kind ``particles``, features,
-    cutoff); returns the largest difference from Keras on ``example`` (node, edge, snd, rcv)."""
+def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple, series: list[Path]) -> float:
+    """The best weights of ``out`` -> ONNX at ``onnx_path`` with the model contract's metadata
+    (:class:`calbatch.surrogate.contract.ModelFile`: kind ``particles``, the CD range, voxel size and
+    press schedule of the training ``series``, the graph's features and cutoff, the projection's
+    tolerance it was trained with); returns the largest difference from
+    Keras on ``example`` (node, edge, snd, rcv)."""
     import onnx
-    import onnxruntime as ort
     import tensorflow as tf
     import tf2onnx
 
+    from .. import __version__
+    from ..electrode.series import read_series
+    from ..electrode.volume import PHASES
+    from ..surrogate.contract import MODEL_FORMAT, Kind, ModelFile, load_onnx, schedule_params
     from ..surrogate.particle_step import CUTOFF_UM
 
+    if not series:
+        raise CalbatchError("particle export: name the training series (their CDs, voxel size and schedule)")
+    attrs = [read_series(Path(f), frames=False)["attrs"] for f in series]
+    cds = [float(a["cd_percent"]) for a in attrs]
     model = build(opts)
     model(*(tf.constant(x) for x in example))
     model.load_weights(out / "best.weights.h5")
     proto, _ = tf2onnx.convert.from_function(tf.function(lambda a, b, c, d: model(a, b, c, d)),
                                              input_signature=signature(), opset=17)
-    meta = {"kind": "particles", "node_features": json.dumps(NODE_FEATURES), "edge_features": json.dumps(EDGE_FEATURES),
-            "cutoff_um": str(CUTOFF_UM), "options": json.dumps(asdict(opts))}
+    kind = Kind.PARTICLES
+    meta = {"format": MODEL_FORMAT, "calbatch_version": __version__, "kind": kind.value,
+            "cd_range_percent": json.dumps([min(cds), max(cds)]),
+            "voxel_size_um": repr(float(attrs[0].get("voxel_size_um", 0.4))),
+            "schedule": json.dumps(schedule_params(attrs[0])),
+            "phase_codes": json.dumps({str(k): v for k, v in PHASES.items()}),
+            "inputs": json.dumps({"node": f"float32 (n, {len(NODE_FEATURES)}) node_features",
+                                  "edge": f"float32 (m, {len(EDGE_FEATURES)}) edge_features",
+                                  "sender": "int32 (m,)", "receiver": "int32 (m,)"}),
+            "output": kind.output, "node_features": json.dumps(NODE_FEATURES), "edge_features": json.dumps(EDGE_FEATURES),
+            "cutoff_um": repr(CUTOFF_UM), "tolerance_um": json.dumps(opts.tolerance),
+            "options": json.dumps(asdict(opts))}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     onnx.save(proto, tmp)
+    try:
+        session, read = load_onnx(tmp)
+        ModelFile(onnx_path, read, session)  # what the runtime refuses is never written
+    except CalbatchError:
+        tmp.unlink()
+        raise
     os.replace(tmp, onnx_path)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    got = session.run(None, dict(zip(names, example)))[0]
+    got = session.run(None, dict(zip(kind.inputs, example)))[0]
     return float(np.max(np.abs(got - model(*(tf.constant(x) for x in example)).numpy())))

@@ -21,7 +21,7 @@ from ..electrode.schedule import WALL_OVERLAP_VOXELS
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
 from ..surrogate.budget import fit_series_files
-from ..surrogate.contract import Kind
+from ..surrogate.contract import Kind, schedule_params
 from .dataset import WindowStream, attach_budget, parse_split, scan, split
 from .networks import build
 from .objective import to_model, unrolled_loss, validation_loss
@@ -168,8 +168,7 @@ def run_epochs(training: TrainingRun, state: dict, progress: bool | None = None)
 def _schedule_params(path: str) -> dict:
     from ..electrode.series import read_series
 
-    a = read_series(Path(path), frames=False)["attrs"]
-    return {k: float(a[k]) for k in ("press_speed_m_s", "frame_interval_us", "timestep_us") if k in a}
+    return schedule_params(read_series(Path(path), frames=False)["attrs"])
 
 
 def load_trained(out: Path, which: str = "best"):

@@ -52,7 +52,8 @@ class Target:
 # --- the electrode --------------------------------------------------------------------------------
 
 def load_electrode(spec: str | None) -> dict:
-    """``volume``, ``h0`` (um, None: from the volume) and ``pack`` (for a DEM check, or None) of a
+    """``volume``, ``h0`` (um, None: from the volume), ``pack`` (for a DEM check, or None) and
+    ``source`` (the file a particle model reads its particles from) of a
     volume spec, a pack file (.h5 from ``calbatch dem pack``) or None/``example`` (the shipped
     example electrode, read from the pack it was voxelized from: the DEM's top and a DEM check)."""
     import h5py
@@ -63,6 +64,7 @@ def load_electrode(spec: str | None) -> dict:
 
     if spec in (None, "example"):  # its top from its voxels, as every command takes it; its pack for a DEM check
         return {"volume": read_volume(example_volume_path()), "h0": None, "pack": str(default_pack()), "name": "example",
+                "source": example_volume_path(),
                 "voxel_size": volume_attrs(example_volume_path()).get("voxel_size_um")}
     path = Path(spec)
     if path.suffix in (".h5", ".hdf5") and path.is_file():
@@ -73,12 +75,12 @@ def load_electrode(spec: str | None) -> dict:
             raise CalbatchError(f"{path}: cannot read HDF5") from None
         if is_pack:
             e = read_electrode(path)
-            return {"volume": e["volume"], "h0": e["h0"], "pack": str(path), "name": str(path),
+            return {"volume": e["volume"], "h0": e["h0"], "pack": str(path), "name": str(path), "source": str(path),
                     "voxel_size": e["voxel_size"]}
     if Path(spec).is_dir():
         raise CalbatchError(f"{spec}: is a folder, not a volume or pack file")
     attrs = volume_attrs(spec)
-    return {"volume": read_volume(spec), "h0": attrs.get("top_um"), "pack": None, "name": str(spec),
+    return {"volume": read_volume(spec), "h0": attrs.get("top_um"), "pack": None, "name": str(spec), "source": str(spec),
             "voxel_size": attrs.get("voxel_size_um")}
 
 
@@ -91,6 +93,8 @@ class Curve:
     def __init__(self, predictor, electrode: dict, fick: dict | None, bar=None):
         """``fick``: FickSolver options ({} for the defaults), or None for no Fick solves."""
         self.predictor, self.electrode, self.fick, self.bar = predictor, electrode, fick, bar
+        source = electrode.get("source")  # a particle model's start (a frame model's: None)
+        self.particles = predictor.particles_of(source) if source else None
         self.points: dict[float, dict] = {}
         self.stage = "scan"
 
@@ -99,7 +103,7 @@ class Curve:
         if cd not in self.points:
             t0 = time.perf_counter()
             e = self.electrode  # the final frame only: the rollout keeps a ring of the last three
-            case = self.predictor.cases([e["volume"]], [cd], [e["h0"]], series=False)[0]
+            case = self.predictor.cases([e["volume"]], [cd], [e["h0"]], series=False, particles=[self.particles])[0]
             final = case.final
             check_frames([e["volume"], final], {"voxel_size_um": self.predictor.voxel_size, "uncalendered_top_um": case.h0,
                                                 "press_lowest_um": case.sched["press_lowest_um"]})

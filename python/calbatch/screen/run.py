@@ -72,6 +72,7 @@ def prepare(cases_file, out: Path | None, resume: bool, model=None, threads: int
         try:
             voxel_size_of(e.spec, c.voxel_size, predictor.model.voxel_size, "voxel_size in the cases file")
             volume, _ = predictor.check(read_volume(e.spec), e.spec)
+            predictor.particles_of(e.spec)  # a particle model's start: read (or decomposed) and checked now
         except CalbatchError as exc:
             raise CalbatchError(f"{where}: electrode {e.name}: {exc}") from None
         hashes[e.name] = fold.volume_hash(volume)
@@ -131,7 +132,7 @@ class _Worker:
 
     def _start(self, case: Case):
         volume, h0 = self._read(case.electrode.spec)
-        return self.p.start(volume, case.cd, h0)
+        return self.p.start(volume, case.cd, h0, particles=self.p.particles_of(case.electrode.spec))
 
     def _rollouts(self, cases: list[Case]) -> list[_Rolled]:
         """One batched loop for the cases that started; each case's series or error."""

@@ -2,12 +2,14 @@
 for the exporter (:mod:`calbatch.model.export`), the training windows (:mod:`calbatch.model.dataset`)
 and the runtime (:mod:`calbatch.surrogate.step`).
 
-- a model file is ONNX with inputs ``frames`` (B, nz, ny, nx, :data:`N_PAST`) uint8, the past
-  frames oldest first (:func:`past_indices`), and ``cond`` (B, 7) float32 (:data:`COND_NAMES`,
+- a frame model file is ONNX with inputs ``frames`` (B, nz, ny, nx, :data:`N_PAST`) uint8, the
+  past frames oldest first (:func:`past_indices`), and ``cond`` (B, 7) float32 (:data:`COND_NAMES`,
   :func:`conditioning`), and string metadata (:data:`MODEL_FORMAT`; read by :class:`ModelFile`);
-- its kind (:class:`Kind`) says what the output is: class scores over :data:`CLASS_CODES` or
-  regressed phase codes;
-- the schedule a rollout follows defaults to the model's training data's.
+- a particle model file (:mod:`calbatch.surrogate.particle_step`) has the inputs :data:`PARTICLE_INPUTS`
+  (the graph of the spheres) and, besides, its features, cutoff and projection tolerance;
+- its kind (:class:`Kind`) says what the output is: class scores over :data:`CLASS_CODES`,
+  regressed phase codes, or every sphere's displacement;
+- the schedule a rollout follows (:data:`SCHEDULE_KEYS`) defaults to the model's training data's.
 """
 
 from __future__ import annotations
@@ -19,17 +21,29 @@ from pathlib import Path
 
 import numpy as np
 
+from ..electrode.particles import PAIR_TYPES
 from ..electrode.schedule import PRESS_SPEED_M_S, STAGES, press_schedule
 from ..electrode.volume import CLASS_CODES, CODE_TO_CLASS, PHASES
 from ..errors import CalbatchError
+from .particle_step import CUTOFF_UM, EDGE_FEATURES, NODE_FEATURES
 
 MODEL_FORMAT = "calbatch-model/1"
 N_PAST = 3  # frames in a network input window
 COND_NAMES = ("cd_fraction", "planned_top_current_over_h0", "planned_top_target_over_h0",
               "stage_press", "stage_release", "stage_relax", "voxel_size_over_h0")
+FRAME_INPUTS = ("frames", "cond")
+PARTICLE_INPUTS = ("node", "edge", "sender", "receiver")
+# What a series states about the press schedule it was made with (a model's ``schedule`` entry).
+SCHEDULE_KEYS = ("press_speed_m_s", "frame_interval_us", "timestep_us")
 
-__all__ = ["CLASS_CODES", "CODE_TO_CLASS", "COND_NAMES", "ExtrapolationWarning", "Kind", "MODEL_FORMAT",
-           "ModelFile", "N_PAST", "conditioning", "load_onnx", "past_indices"]
+__all__ = ["CLASS_CODES", "CODE_TO_CLASS", "COND_NAMES", "DecompositionWarning", "ExtrapolationWarning", "Kind",
+           "MODEL_FORMAT", "ModelFile", "N_PAST", "PARTICLE_INPUTS", "SCHEDULE_KEYS", "conditioning", "load_onnx",
+           "model_kind", "past_indices", "schedule_params"]
+
+
+def schedule_params(attrs: dict) -> dict:
+    """The press schedule a series was made with (:data:`SCHEDULE_KEYS` found in its attributes)."""
+    return {k: float(attrs[k]) for k in SCHEDULE_KEYS if k in attrs}
 
 
 def conditioning(cd: float, h0: float, voxel_size: float, z_current: float, z_target: float, stage) -> np.ndarray:
@@ -47,11 +61,22 @@ def past_indices(t: int) -> list[int]:
 
 class Kind(Enum):
     """A model's kind: ``calbatch`` (class scores, conditioned on the phase budget's planned tops,
-    any grid of its multiple) or ``paper`` (the paper's network: regressed codes on its training
-    grid, reading only the CD; it gets the press positions as its tops)."""
+    any grid of its multiple), ``paper`` (the paper's network: regressed codes on its training
+    grid, reading only the CD; it gets the press positions as its tops) or ``particles`` (the
+    learned particle step: every sphere's displacement; frames are rendered from the spheres)."""
 
     CALBATCH = "calbatch"
     PAPER = "paper"
+    PARTICLES = "particles"
+
+    @property
+    def frames(self) -> bool:
+        """Whether the model steps voxel frames (else particles)."""
+        return self is not Kind.PARTICLES
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return FRAME_INPUTS if self.frames else PARTICLE_INPUTS
 
     @property
     def scores(self) -> bool:
@@ -73,6 +98,8 @@ class Kind(Enum):
 
     @property
     def output(self) -> str:
+        if not self.frames:
+            return "displacement beyond the press's squeeze (n, 3) um"
         return ("scores over class_codes (B, nz, ny, nx, 4): unnormalised probabilities" if self.scores
                 else "codes (B, nz, ny, nx)")
 
@@ -86,6 +113,10 @@ class Kind(Enum):
 
 class ExtrapolationWarning(UserWarning):
     """A rollout at a CD outside the range the model was trained on."""
+
+
+class DecompositionWarning(UserWarning):
+    """A particle model started from spheres decomposed from voxels: how faithfully, in one line."""
 
 
 def load_onnx(path: Path, threads: int | None = None):
@@ -110,10 +141,16 @@ def load_onnx(path: Path, threads: int | None = None):
     if meta.get("format") != MODEL_FORMAT:
         raise CalbatchError(f"{path}: not a calbatch model (metadata 'format' is {meta.get('format')!r}, "
                             f"expected {MODEL_FORMAT!r})")
+    kind = Kind.of(meta.get("kind", ""), f"{path}: model kind")
     names = sorted(i.name for i in sess.get_inputs())
-    if names != ["cond", "frames"]:
-        raise CalbatchError(f"{path}: model inputs {names} are not calbatch's (frames, cond)")
+    if names != sorted(kind.inputs):
+        raise CalbatchError(f"{path}: model inputs {names} are not a {kind.value} model's ({', '.join(kind.inputs)})")
     return sess, meta
+
+
+def model_kind(path) -> Kind:
+    """The kind of the model file ``path`` (a one-line error if it is not a calbatch model)."""
+    return Kind.of(load_onnx(Path(path), 1)[1]["kind"])
 
 
 class ModelFile:
@@ -135,9 +172,13 @@ class ModelFile:
         self.cd_range = (float(lo_hi[0]), float(lo_hi[1]))
         self.voxel_size = float(meta.get("voxel_size_um", "nan"))
         sched = json.loads(meta.get("schedule", "{}") or "{}")
-        self.speed = sched.get("press_speed_m_s", PRESS_SPEED_M_S)
-        self.frame_interval_us, self.dt = sched.get("frame_interval_us"), sched.get("timestep_us")
+        speed_key, interval_key, dt_key = SCHEDULE_KEYS
+        self.speed = sched.get(speed_key, PRESS_SPEED_M_S)
+        self.frame_interval_us, self.dt = sched.get(interval_key), sched.get(dt_key)
         self.version = meta.get("calbatch_version", "")
+        if not self.kind.frames:
+            self._check_particles(session)
+            return
         if session is not None:
             shape = session.get_outputs()[0].shape
             last = self.kind.channels or None
@@ -147,6 +188,29 @@ class ModelFile:
         if self.kind.planned and self.entry("conditioning") != list(COND_NAMES):
             raise CalbatchError(f"{path}: the model was trained on the conditioning {meta['conditioning']}, calbatch now "
                                 f"gives {list(COND_NAMES)}: train it again")
+
+    def _check_particles(self, session) -> None:
+        """A particle model's graph features, cutoff and projection tolerance: those the runtime
+        computes (:mod:`calbatch.surrogate.particle_step`), else one line naming the entry."""
+        path = self.path
+        for key, ours in (("node_features", list(NODE_FEATURES)), ("edge_features", list(EDGE_FEATURES))):
+            if self.entry(key) != ours:
+                raise CalbatchError(f"{path}: model metadata {key!r} {self.meta[key]} differs from calbatch's {ours}: "
+                                    "train it again")
+        cutoff = self.entry("cutoff_um")
+        if not isinstance(cutoff, (int, float)) or abs(cutoff - CUTOFF_UM) > 1e-9:
+            raise CalbatchError(f"{path}: model metadata 'cutoff_um' {cutoff!r}: calbatch's graph takes pairs within "
+                                f"{CUTOFF_UM:g} um")
+        tol = self.entry("tolerance_um")
+        if not (isinstance(tol, dict) and set(tol) == set(PAIR_TYPES)
+                and all(isinstance(v, (int, float)) and v >= 0 for v in tol.values())):
+            raise CalbatchError(f"{path}: model metadata 'tolerance_um' must give an overlap >= 0 um for each of "
+                                f"{', '.join(PAIR_TYPES)}, got {self.meta['tolerance_um']}")
+        self.tolerance = {k: float(v) for k, v in tol.items()}
+        if session is not None:
+            shape = session.get_outputs()[0].shape
+            if len(shape) != 2 or (isinstance(shape[-1], int) and shape[-1] != 3):
+                raise CalbatchError(f"{path}: model output shape {shape} is not a particle model's (n, 3) displacements")
 
     def entry(self, key: str):
         """The JSON metadata entry ``key``, or a one-line error naming it."""
@@ -193,11 +257,24 @@ class ModelFile:
                               self.dt if dt is None else dt)
 
     def check_input(self, shape, voxel_size: float, h0: float) -> None:
-        """Refuse a grid or voxel size the model cannot take (one line naming the value)."""
+        """Refuse a grid or voxel size the model cannot take (one line naming the value): a frame
+        model takes its training voxel size and grid (or its multiples)."""
         path = self.path
-        if not abs(voxel_size - self.voxel_size) <= 1e-6 * self.voxel_size:
+        if not voxel_size > 0:
+            raise CalbatchError(f"voxel size {voxel_size:g} um: must be positive")
+        # a particle model's features are in um: its frames render exactly on any grid
+        if self.kind.frames and not abs(voxel_size - self.voxel_size) <= 1e-6 * self.voxel_size:
             raise CalbatchError(f"voxel size {voxel_size:g} um: the model {path} was trained at {self.voxel_size:g} um")
-        grid = self.entry("grid_zyx")
+        nz, ny, nx = shape
+        if self.kind.frames:
+            self._check_grid(shape)
+        if nz * voxel_size < h0:
+            raise CalbatchError(f"grid {list(shape)}: {nz} slices x {voxel_size:g} um hold less than the "
+                                f"electrode's {h0:.2f} um")
+
+    def _check_grid(self, shape) -> None:
+        """A frame model's grid: its training grid, or multiples of its factor."""
+        path, grid = self.path, self.entry("grid_zyx")
         nz, ny, nx = shape
         if json.loads(self.meta.get("fixed_grid", "false")) and list(shape) != list(grid):
             raise CalbatchError(f"grid {list(shape)}: the model {path} takes only its training grid {grid} (z, y, x)")
@@ -205,6 +282,3 @@ class ModelFile:
         if ny % m or nx % m or min(ny, nx) < 2 * m or nz < 2 * m:
             raise CalbatchError(f"grid {list(shape)}: the model {path} needs x and y multiples of {m} "
                                 f"(and every side at least {2 * m})")
-        if nz * voxel_size < h0:
-            raise CalbatchError(f"grid {list(shape)}: {nz} slices x {voxel_size:g} um hold less than the "
-                                f"electrode's {h0:.2f} um")

@@ -69,21 +69,25 @@ class Predictor(Stepper):
 
     # --- the screen's worker steps cases by hand ------------------------------------------------
 
-    def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None) -> list[dict]:
-        """Series dicts (:func:`calbatch.surrogate.rollout.rollout`'s keys) of many cases, batched."""
-        return [self.series(c, source="calbatch screen") for c in self.cases(starts, cds, h0s)]
+    def rollouts(self, starts: Sequence[np.ndarray], cds: Sequence[float], h0s: Sequence[float | None] | None = None,
+                 particles: Sequence | None = None) -> list[dict]:
+        """Series dicts (:func:`calbatch.surrogate.rollout.rollout`'s keys) of many cases, batched;
+        ``particles``: per start, what a particle model starts from (:meth:`particles_of`)."""
+        return [self.series(c, source="calbatch screen") for c in self.cases(starts, cds, h0s, particles=particles)]
 
-    def rollout(self, start: np.ndarray, cd: float, h0: float | None = None) -> dict:
+    def rollout(self, start: np.ndarray, cd: float, h0: float | None = None, particles=None) -> dict:
         """One case's series (``start``: one volume or its first three frames), as ``rollout()``."""
-        return self.rollouts([start], [cd], [h0])[0]
+        return self.rollouts([start], [cd], [h0], [particles])[0]
 
     # --- predict: rollout + metrics (+ Fick) --------------------------------------------------
 
     def predict(self, structures, cds, series: bool = False, metrics: bool = True, fick: bool | dict = False,
-                comm=None):
+                comm=None, particles=None):
         """Roll out and measure: ``structures`` one volume (nz, ny, nx) or a sequence of them,
         ``cds`` one CD (%) or a sequence (one value is used for every structure, one structure for
         every value). Returns one result dict for one structure and one CD, else a list of them.
+        ``particles``: for a particle model, what each structure starts from (:meth:`particles_of`,
+        one or one per structure; default: a sphere decomposition of the structure).
 
         Each result: ``cd_percent``, ``cd_extrapolated``, ``final`` (uint8 volume), ``metrics``
         (:func:`calbatch.electrode.metrics.measure` of the final structure), ``fick``
@@ -102,7 +106,11 @@ class Predictor(Stepper):
         if len(vols) != len(values):
             raise CalbatchError(f"predict: {len(vols)} structures but {len(values)} CDs (give one, or as many)")
         t0 = time.perf_counter()
-        cases = self.cases(vols, values, series=series)  # without the series: a ring of 3 frames
+        one_start = particles is not None and not isinstance(particles, (list, tuple))
+        starts = [particles] * len(vols) if one_start else particles
+        if starts is not None and len(starts) != len(vols):
+            raise CalbatchError(f"predict: {len(vols)} structures but {len(starts)} particle states (give one, or as many)")
+        cases = self.cases(vols, values, series=series, particles=starts)  # without the series: a ring of 3 frames
         t_roll = (time.perf_counter() - t0) / max(len(cases), 1)
         results = []
         for k, (cd, case) in enumerate(zip(values, cases)):

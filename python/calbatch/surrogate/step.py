@@ -117,7 +117,16 @@ class Stepper:
     Runtime's CPU provider); ``rule``: the decision rule (:data:`calbatch.surrogate.rules.RULES`);
     ``voxel_size``: um (default: the model's); ``threads``: ONNX Runtime intra-op threads;
     ``batch_size``: cases of one grid sharing a network call.
+
+    A particle model's file opens as the sibling that steps particles
+    (:class:`calbatch.surrogate.particle_stepper.ParticleStepper`, same methods), so every caller
+    has one door whatever the model's kind.
     """
+
+    steps_particles = False
+    # cls -> the class a particle model's file makes of it; set by calbatch.surrogate.particle_stepper,
+    # which the package imports
+    particle_sibling = None
 
     def __init__(self, model: str | Path, backend: str = "cpu", rule: str = DEFAULT_RULE, voxel_size: float | None = None,
                  threads: int | None = None, batch_size: int = 1):
@@ -127,6 +136,10 @@ class Stepper:
             raise CalbatchError(f"batch_size: must be at least 1, got {batch_size}")
         self.session, self.meta = load_onnx(self.model_path, threads)
         self.model = ModelFile(self.model_path, self.meta, self.session)
+        if not self.model.kind.frames:  # a particle model: this object becomes its particle sibling
+            self.__class__ = Stepper.particle_sibling(type(self))
+            self._open(model, backend, rule, voxel_size, threads, batch_size)
+            return
         self.rule, self.batch_size = rule, int(batch_size)
         self.decision = rule_named(rule) if self.model.kind.scores else NEAREST
         self.voxel_size = self.model.voxel_size if voxel_size is None else float(voxel_size)
@@ -160,12 +173,18 @@ class Stepper:
             p["counts"] = None
         return p
 
+    def particles_of(self, spec, frame: int = 0):  # noqa: ARG002 (the particle stepper's)
+        """What a particle model starts from in the file ``spec`` (see the particle stepper); a
+        frame model steps from the voxels alone: None."""
+
     def start(self, start, cd: float, h0: float | None = None, series: bool = True, forced: np.ndarray | None = None,
-              speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None) -> Case:
+              speed: float | None = None, frame_interval_us: float | None = None, dt: float | None = None,
+              particles=None) -> Case:  # noqa: ARG002 (a particle model's start)
         """A case from one volume (nz, ny, nx) or its first three frames, checked against the
         model; ``series``: keep every frame (else a ring of the last three); ``forced``: the true
         frames of a teacher-forced case (``start`` is then its frame 0); the schedule's ``speed``,
-        ``frame_interval_us`` and ``dt`` default to the model's training data."""
+        ``frame_interval_us`` and ``dt`` default to the model's training data; ``particles``
+        (:meth:`particles_of`) is for particle models: a frame model steps from the voxels."""
         given, h0 = start_frames(start, self.voxel_size, h0)
         vs = self.voxel_size
         self.model.check_input(given.shape[1:], vs, h0)
@@ -261,12 +280,15 @@ class Stepper:
         return self._windows[grid]
 
     def cases(self, starts: Sequence, cds: Sequence[float], h0s: Sequence[float | None] | None = None,
-              series: bool = True, progress: bool = False) -> list[Case]:
-        """Start and run many cases (batched); returns them finished."""
+              series: bool = True, progress: bool = False, particles: Sequence | None = None) -> list[Case]:
+        """Start and run many cases (batched); returns them finished. ``particles``: per start,
+        what a particle model starts from (:meth:`particles_of`; None: from the voxels)."""
         h0s = [None] * len(starts) if h0s is None else list(h0s)
-        if not len(starts) == len(cds) == len(h0s):
-            raise CalbatchError(f"rollouts: {len(starts)} starts, {len(cds)} CDs and {len(h0s)} tops (one each)")
-        cases = [self.start(s, cd, h, series) for s, cd, h in zip(starts, cds, h0s)]
+        particles = [None] * len(starts) if particles is None else list(particles)
+        if not len(starts) == len(cds) == len(h0s) == len(particles):
+            raise CalbatchError(f"rollouts: {len(starts)} starts, {len(cds)} CDs, {len(h0s)} tops and {len(particles)} "
+                                "particle states (one each)")
+        cases = [self.start(s, cd, h, series, particles=p) for s, cd, h, p in zip(starts, cds, h0s, particles)]
         self.run(cases, progress)
         return cases
 
