@@ -129,18 +129,53 @@ def rollout(p0: Particles, schedule: dict, cd: float, residual_of, tolerance: di
     return np.stack(frames)
 
 
-def onnx_residual(path) -> callable:
-    """The network of an exported particle-step file as ``residual_of`` for :func:`rollout`."""
+def onnx_residual(path, workers: int | None = None) -> callable:
+    """The network of an exported particle-step file as ``residual_of`` for :func:`step`. A joined
+    graph (a batch) is cut where no edge crosses into up to ``workers`` parts (default: the core's
+    threads) of about equal size, run side by side: a sphere's residual depends on its own graph only."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import onnxruntime as ort
 
-    # One thread: on more than one, ONNX Runtime's CPU ScatterND (reduction add, the network's sum
-    # over a sphere's pairs) races and drops updates now and then (onnxruntime 1.32: 3 calls in 100
-    # off by 0.02-0.1 um on one DEM frame), and on this graph's size one thread is faster anyway.
+    # One thread a run: on more than one, ONNX Runtime's CPU ScatterND (reduction add, the
+    # network's sum over a sphere's pairs) races and drops updates (onnxruntime 1.32: 12 runs in
+    # 300 wrong on one DEM frame's pairs); a batch's parts run side by side instead.
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    return lambda node, edge, snd, rcv: session.run(None, dict(zip(names, (node, edge, snd, rcv))))[0].astype(np.float64)
+    workers = max(1, workers or _core.max_threads())
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+
+    def run(node, edge, snd, rcv):
+        return session.run(None, dict(zip(names, (node, edge, snd, rcv))))[0].astype(np.float64)
+
+    def residual_of(node, edge, snd, rcv):
+        cuts = _cuts(snd, rcv, len(node), workers) if pool else []
+        if not cuts:
+            return run(node, edge, snd, rcv)
+        part = np.searchsorted(cuts, snd, side="right")  # an edge's part is its sender's
+        bounds = [0, *cuts, len(node)]
+        jobs = [pool.submit(run, node[a:b], edge[part == k], snd[part == k] - np.int32(a), rcv[part == k] - np.int32(a))
+                for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        return np.concatenate([j.result() for j in jobs])
+
+    return residual_of
+
+
+def _cuts(snd: np.ndarray, rcv: np.ndarray, n: int, parts: int) -> list[int]:
+    """Node indices c no edge crosses (none joins a node below c to one at or above it), one near
+    each k n / parts (within half a part), increasing; none where none is near."""
+    lo, hi = np.minimum(snd, rcv), np.maximum(snd, rcv)
+    crossing = np.cumsum(np.bincount(lo + 1, minlength=n + 1) - np.bincount(hi + 1, minlength=n + 1))
+    free = np.flatnonzero(crossing[1:n] == 0) + 1
+    cuts = []
+    for k in range(1, parts):
+        if free.size:
+            c = int(free[np.argmin(np.abs(free - k * n / parts))])
+            if abs(c - k * n / parts) <= n / (2 * parts) and (not cuts or c > cuts[-1]):
+                cuts.append(c)
+    return cuts
 
 
 # The reference: the step in numpy, as it was written first. The core's step must equal it bit for
