@@ -11,8 +11,9 @@ ONNX Runtime's CPU provider:
    rule (python/calbatch/data/model.onnx through the engine, 2 threads) from the same electrode's
    frame 0, voxelized. Goal: at most a third.
 2. ``batch``: per case, a step of 8 cases (the 8 electrodes) in one call against the same 8 stepped
-   one by one and against one case (part 1). Goal: less per case. The batch's network runs in two
-   parts side by side (:func:`calbatch.surrogate.particle_step.onnx_residual`), and in one part.
+   one by one and against one case (part 1). Goal: less per case. The batch's network runs in parts
+   of a case, two side by side (:func:`calbatch.surrogate.particle_step.onnx_residual`), and one
+   after another.
 3. ``core``: the core's step against the numpy reference it replaced
    (``particle_step._reference_step`` and a render per case), batch 1 and 8, with a check that both
    made the same positions and frames bit for bit.
@@ -102,14 +103,14 @@ def main() -> None:
     steps_one = len(one["press"]) - 1
     steps_eight = min(len(s["press"]) for s in eight) - 1
     residual_of = ps.onnx_residual(PARTICLE_MODEL)
-    one_part = ps.onnx_residual(PARTICLE_MODEL, workers=1)  # the batch's network run not cut in parts
+    one_worker = ps.onnx_residual(PARTICLE_MODEL, workers=1)  # the batch's network parts run one after another
     volume = one["p"].voxelize(NZ)
     load = [os.getloadavg()[0]]
     variants = {
         "particle, 1 case": lambda: rollout([one], steps_one, residual_of, True, True),
         "particle numpy, 1 case": lambda: rollout([one], steps_one, residual_of, False, True),
         "particle, 8 batched": lambda: rollout(eight, steps_eight, residual_of, True, True),
-        "particle, 8 batched, 1 part": lambda: rollout(eight, steps_eight, one_part, True, True),
+        "particle, 8 batched, 1 worker": lambda: rollout(eight, steps_eight, one_worker, True, True),
         "particle, 8 one by one": lambda: rollout(eight, steps_eight, residual_of, True, False),
         "particle numpy, 8 batched": lambda: rollout(eight, steps_eight, residual_of, False, True),
     }

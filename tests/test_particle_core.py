@@ -111,10 +111,10 @@ def test_a_batch_of_three_equals_three_single_steps():
         (single,) = ps.step([cases[k]], [press[k]], [stages[k]], [cds[k]], local_residual, TOLERANCE, out=[one])
         assert same(batch[k].centres, single.centres) and same(frames[k], one)
     # with the shipped network: the batch equals the numpy reference of the same batch; the
-    # network cuts the batch where no edge crosses and runs the parts side by side, as one run would
+    # network runs the batch in parts cut where no edge crosses, as one joined run would
     residual_of = ps.onnx_residual(MODEL, workers=2)
     graph = ps.features(cases, press, stages, cds)[:4]
-    assert ps._cuts(graph[2], graph[3], len(graph[0]), 2) in ([cases[0].n], [cases[0].n + cases[1].n])
+    assert ps._cuts(graph[2], graph[3], len(graph[0]), ps.PART_SPHERES) == [cases[0].n, cases[0].n + cases[1].n]
     assert np.allclose(residual_of(*graph), ps.onnx_residual(MODEL, workers=1)(*graph), rtol=0, atol=1e-5)
     batch = ps.step(cases, press, stages, cds, residual_of, TOLERANCE, out=frames)
     ref = ps._reference_step(cases, press, stages, cds, residual_of, TOLERANCE)
