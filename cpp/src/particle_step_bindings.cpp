@@ -19,6 +19,13 @@ namespace {
 
 using namespace calbatch_bindings;
 
+// One case's pairs and its edge rows, senders and receivers (the batch's numbering).
+struct CaseEdges {
+    calbatch::Pairs pairs;
+    std::vector<float> edge;
+    std::vector<int32_t> snd, rcv;
+};
+
 // A batch's spheres, checked (the pair reach below half the box), their arrays held.
 struct Spheres {
     std::vector<F64Array> x, r;
@@ -83,33 +90,38 @@ py::tuple features(const py::list& centres, const py::list& radii, const py::lis
         cases[b] = {s.x[b].data(), s.r[b].data(), s.ph[b].data(), s.n[b], s.box[2 * b], s.box[2 * b + 1],
                     p[0],          p[1],          p[2],           int(stage.data()[b]), cd.data()[b]};
     }
-    thread_local std::vector<calbatch::Pairs> found;  // kept between calls: a rollout asks every step
+    // Each case's pairs and edge rows in its own buffers (kept between calls: a rollout asks every
+    // step), its node rows and prior straight into the joined arrays; the edges are joined after.
+    thread_local std::vector<CaseEdges> found;
     found.resize(std::max<size_t>(found.size(), nb));
-    calbatch::Pairs* slots = found.data();  // the OpenMP threads must see this thread's buffers, not their own
-    {
-        py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1) if (nb > 1)
-        for (int64_t b = 0; b < nb; ++b)
-            calbatch::neighbour_pairs(cases[b].x, cases[b].radii, cases[b].n, cases[b].lx, cases[b].ly, cutoff, slots[b]);
-    }
-    std::vector<int64_t> edge_first(nb + 1, 0);
-    for (int64_t b = 0; b < nb; ++b) edge_first[b + 1] = edge_first[b] + int64_t(found[b].ij.size());  // 2m a case
-    const py::ssize_t n_all = s.first[nb], e_all = edge_first[nb];
-    py::array_t<float> node({n_all, py::ssize_t(set.node_features())});
-    py::array_t<float> edge({e_all, py::ssize_t(calbatch::kEdgeFeatures)});
-    py::array_t<int32_t> snd(e_all), rcv(e_all);
-    py::array_t<double> prior({n_all, py::ssize_t(3)});
-    float *pn = node.mutable_data(), *pe = edge.mutable_data();
-    int32_t *ps = snd.mutable_data(), *pr = rcv.mutable_data();
+    CaseEdges* slots = found.data();  // the OpenMP threads must see this thread's buffers, not their own
+    const int64_t n_all = s.first[nb], width = set.node_features();
+    py::array_t<float> node({n_all, width});
+    py::array_t<double> prior({n_all, int64_t(3)});
+    float* pn = node.mutable_data();
     double* pp = prior.mutable_data();
     {
         py::gil_scoped_release release;
 #pragma omp parallel for schedule(dynamic, 1) if (nb > 1)
         for (int64_t b = 0; b < nb; ++b) {
-            const int64_t i0 = s.first[b], e0 = edge_first[b];
-            calbatch::step_features(cases[b], set, slots[b], int32_t(i0), pn + i0 * set.node_features(),
-                                    pe + e0 * calbatch::kEdgeFeatures, ps + e0, pr + e0, pp + 3 * i0);
+            CaseEdges& c = slots[b];
+            calbatch::neighbour_pairs(cases[b].x, cases[b].radii, cases[b].n, cases[b].lx, cases[b].ly, cutoff, c.pairs);
+            const size_t e = c.pairs.ij.size();  // every pair both ways
+            c.edge.resize(e * calbatch::kEdgeFeatures), c.snd.resize(e), c.rcv.resize(e);
+            calbatch::step_features(cases[b], set, c.pairs, int32_t(s.first[b]), pn + s.first[b] * width, c.edge.data(),
+                                    c.snd.data(), c.rcv.data(), pp + 3 * s.first[b]);
         }
+    }
+    int64_t e_all = 0;
+    for (int64_t b = 0; b < nb; ++b) e_all += int64_t(slots[b].snd.size());
+    py::array_t<float> edge({e_all, int64_t(calbatch::kEdgeFeatures)});
+    py::array_t<int32_t> snd(e_all), rcv(e_all);
+    float* pe = edge.mutable_data();
+    int32_t *ps = snd.mutable_data(), *pr = rcv.mutable_data();
+    for (int64_t b = 0; b < nb; ++b) {
+        pe = std::copy(slots[b].edge.begin(), slots[b].edge.end(), pe);
+        ps = std::copy(slots[b].snd.begin(), slots[b].snd.end(), ps);
+        pr = std::copy(slots[b].rcv.begin(), slots[b].rcv.end(), pr);
     }
     return py::make_tuple(node, edge, snd, rcv, prior);
 }
