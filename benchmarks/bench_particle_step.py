@@ -11,7 +11,7 @@ ONNX Runtime's CPU provider:
    rule (python/calbatch/data/model.onnx through the engine, 2 threads) from the same electrode's
    frame 0, voxelized. Goal: at most a third.
 2. ``batch``: per case, a step of 8 cases (the 8 electrodes) in one call against the same 8 stepped
-   one by one and against one case (part 1). Goal: less per case. The batch's network runs in parts
+   one by one (batch 1). Goal: less per case. The batch's network runs in parts
    of a case, two side by side (:func:`calbatch.surrogate.particle_step.onnx_residual`), and one
    after another.
 3. ``core``: the core's step against the numpy reference it replaced
@@ -134,8 +134,8 @@ def main() -> None:
                "steps": {"one case": steps_one, "eight cases": steps_eight}, "openmp_threads": _core.max_threads(),
                "load_average": load,
                "ratios": {"frame model / particle step, 1 case": best["frame model, 1 case"] / best["particle, 1 case"],
-                          "8 one by one / 8 batched, per case": best["particle, 8 one by one"] / best["particle, 8 batched"],
-                          "batch 1 / batch 8, per case": best["particle, 1 case"] / best["particle, 8 batched"],
+                          "batch 1 / batch 8, per case (the same 8 cases)":
+                              best["particle, 8 one by one"] / best["particle, 8 batched"],
                           "numpy / core, 1 case": best["particle numpy, 1 case"] / best["particle, 1 case"],
                           "numpy / core, 8 batched": best["particle numpy, 8 batched"] / best["particle, 8 batched"]}}
     if args.json:
@@ -148,7 +148,7 @@ def main() -> None:
         print(f"  {name:<32}{s * 1e3:9.1f} ms a case-step")
     print("  one step, 1 case: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()))
     for name, r in figures["ratios"].items():
-        print(f"  {name:<40}{r:7.2f}x")
+        print(f"  {name:<48}{r:7.2f}x")
     print("  numpy reference made the same positions and frames: " + ", ".join(f"{k}: {v}" for k, v in equal.items()))
 
 
