@@ -20,6 +20,7 @@ namespace py = pybind11;
 
 void bind_rollout(py::module_& m);     // rollout_bindings.cpp
 void bind_particles(py::module_& m);  // particles_bindings.cpp
+void bind_particle_step(py::module_& m);  // particle_step_bindings.cpp
 using U8Array = py::array_t<uint8_t, py::array::c_style>;
 using F64Array = py::array_t<double, py::array::c_style>;
 
@@ -153,7 +154,7 @@ static int max_threads() {
 }
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization, Fick matrix rows, the rollout's decision rule and its batched step, neighbour pairs, sphere decomposition and overlap projection";
+    m.doc() = "calbatch C++ core: voxel census, error sums, sphere voxelization, Fick matrix rows, the rollout's decision rule and its batched step, neighbour pairs, sphere decomposition, overlap projection and the learned particle step";
     m.def("census", &census, py::arg("volume"), py::arg("periodic_xy") = true,
           "One pass over a [z][y][x] uint8 volume: (histogram[256], faces[8][8], top_solid_slice).");
     m.def("error_sums", &error_sums, py::arg("truth"), py::arg("pred"),
@@ -175,4 +176,5 @@ PYBIND11_MODULE(_core, m) {
     m.def("max_threads", &max_threads, "OpenMP threads the kernels use.");
     bind_rollout(m);
     bind_particles(m);
+    bind_particle_step(m);
 }

@@ -24,6 +24,7 @@ from .voxelize import voxelize_spheres
 SPHERE_PHASES = {CBD: "CBD", AM: "AM"}
 PAIR_TYPES = {"CBD-CBD": (CBD, CBD), "AM-CBD": (AM, CBD), "AM-AM": (AM, AM)}
 FIDELITY_CONTACTS = ("pore-CBD", "pore-AM", "AM-CBD")
+PROJECT_ITERATIONS = 4  # the projection's Jacobi sweeps
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,13 @@ class Particles:
     def n(self) -> int:
         return int(self.radii.size)
 
+    def grid(self, nz: int) -> tuple[int, int, int]:
+        """The (nz, ny, nx) grid of ``nz`` slices the spheres are rendered on."""
+        return (int(nz), *(int(round(b / self.voxel_size)) for b in self.box[::-1]))
+
     def voxelize(self, nz: int) -> np.ndarray:
         """The uint8 [z, y, x] volume of ``nz`` slices the core's voxelizer paints from the spheres."""
-        shape = (nz, *(int(round(b / self.voxel_size)) for b in self.box[::-1]))
-        return voxelize_spheres(self.centres, self.radii, self.phases, self.box, shape, self.voxel_size)
+        return voxelize_spheres(self.centres, self.radii, self.phases, self.box, self.grid(nz), self.voxel_size)
 
 
 def checked(centres, radii, phases, box, voxel_size: float, source: str = "particles",
@@ -198,7 +202,7 @@ def overlaps(p: Particles, quantile: float = 1.0) -> dict[str, float]:
 
 
 def project(p: Particles, press_z: float | None, tolerance: float | dict[str, float] = 0.0,
-            iterations: int = 4) -> tuple[Particles, float]:
+            iterations: int = PROJECT_ITERATIONS) -> tuple[Particles, float]:
     """``iterations`` Jacobi sweeps pushing apart every pair that overlaps by more than its
     tolerance (um; one for all or per pair type, see :data:`PAIR_TYPES`), the heavier sphere moving
     less; then every sphere between the collector (z = 0) and the press (``press_z``, None: open),
@@ -208,13 +212,10 @@ def project(p: Particles, press_z: float | None, tolerance: float | dict[str, fl
 
 
 def project_batch(cases: list[Particles], press_z: list[float | None], tolerance: float | dict[str, float] = 0.0,
-                  iterations: int = 4) -> tuple[list[Particles], np.ndarray]:
+                  iterations: int = PROJECT_ITERATIONS) -> tuple[list[Particles], np.ndarray]:
     """:func:`project` over a batch (cases in parallel): the projected cases and each one's largest
     excess left."""
-    table = np.zeros((3, 3))
-    for name, (a, b) in PAIR_TYPES.items():
-        t = tolerance if np.isscalar(tolerance) else tolerance.get(name, 0.0)
-        table[a, b] = table[b, a] = float(t)
+    table = tolerance_table(tolerance)
     if len(press_z) != len(cases):
         raise CalbatchError(f"press_z: {len(press_z)} heights for {len(cases)} cases")
     for p, z in zip(cases, press_z):
@@ -228,3 +229,13 @@ def project_batch(cases: list[Particles], press_z: list[float | None], tolerance
     except ValueError as exc:
         raise CalbatchError(f"{cases[0].source if len(cases) == 1 else 'batch'}: {exc}") from None
     return [replace(p, centres=c) for p, c in zip(cases, centres)], excess
+
+
+def tolerance_table(tolerance: float | dict[str, float]) -> np.ndarray:
+    """A projection tolerance (um; one for all or per pair type, see :data:`PAIR_TYPES`; a type not
+    named: 0) as the core's (3, 3) table indexed by phase code."""
+    table = np.zeros((3, 3))
+    for name, (a, b) in PAIR_TYPES.items():
+        t = tolerance if np.isscalar(tolerance) else tolerance.get(name, 0.0)
+        table[a, b] = table[b, a] = float(t)
+    return table

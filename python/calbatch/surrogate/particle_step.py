@@ -8,23 +8,33 @@ plus the network's residual, then hard walls and a projection that pushes apart 
 than the DEM shows. The press is slow and the bed damped (quasi-static), so the next frame follows
 from this one and the press schedule: no velocities enter, which keeps a free rollout from feeding
 on its own drift.
+
+The step's hot loop runs in the C++ core, batched: one call before the network (pairs, features,
+prior) and one after it (update, walls, projection, the voxel frame). The numpy version it replaced
+stays at the end of this module as the reference it must equal bit for bit.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
 
-from ..electrode.particles import Particles, neighbours, project
+from .. import _core
+from ..electrode.particles import Particles, neighbours, project, tolerance_table
 from ..electrode.schedule import STAGES
 from ..electrode.volume import AM, CBD
+from ..errors import CalbatchError
 
 CUTOFF_UM = 0.5  # a pair is an edge while its gap is below this
 NODE_FEATURES = ("z/40", "press gap", "collector gap", "r/3", "AM", "CBD", "press move", "last press move",
                  "press", "release", "relax", "cd/100", "prior dz/0.5", "press - top")
 EDGE_FEATURES = ("dx/3", "dy/3", "dz/3", "d/3", "overlap/0.2", "r_sender/3", "r_receiver/3", "AM sender",
                  "AM receiver")
+# The scales the feature names above spell out (fixed with them: a trained network reads them).
+Z_SCALE_UM, LENGTH_SCALE_UM, OVERLAP_SCALE_UM, CD_SCALE = 40.0, 3.0, 0.2, 100.0
+WALL_GAP_UM = (-1.0, 4.0)  # the press and collector gaps are clipped to this range
 OUTPUT_SCALE_UM = 0.5  # the network's residual is in units of half a micrometre
 MAX_RESIDUAL_UM = 2.0  # the DEM's fastest spheres (the top, springing back) move 1.8 um a frame
 COLLECTOR_WALL_UM = 0.2  # how far a sphere may overlap the collector
@@ -34,11 +44,158 @@ PRESS_WALL_UM = 1.5  # and the press: the DEM's press is soft, its spheres sink 
 TOLERANCE_UM = {"CBD-CBD": 0.4, "AM-CBD": 0.6, "AM-AM": 1.0}
 PROJECTION_SWEEPS = 16  # 4 leave a rollout's overlaps twice the DEM's; 16 hold them near the tolerance
 
+# The network runs a batch in parts of at least this many spheres (a case): a part's tensors stay in
+# the cache, 15-20 % faster than one joined run of 8 cases on this machine.
+PART_SPHERES = 1000
+
+
+def step(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float],
+         residual_of, tolerance: dict[str, float] | None, out: list[np.ndarray] | None = None) -> list[Particles]:
+    """One step of a batch of cases by one network call: ``press[k]`` is case k's (previous, now,
+    next) press height (um), ``stage_next[k]`` the stage of its next frame; the graphs of all cases
+    are joined (node indices offset) and ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um moves them.
+    ``out[k]``: case k's next voxel frame is rendered into it (uint8 (nz, ny, nx) on its grid).
+    The core does the work of all cases at once, before the network and after it."""
+    node, edge, snd, rcv, prior = features(cases, press, stage_next, cd)
+    residual = residual_of(node, edge, snd, rcv)
+    return _advance(cases, prior, residual, [pr[2] for pr in press], tolerance, out)
+
+
+def features(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float]):
+    """What the network reads of a batch (arguments as :func:`step`), joined: node features (N, 14),
+    edge features (E, 9) float32, senders and receivers (E,) int32 (each case's pairs within
+    :data:`CUTOFF_UM` both ways, numbered across the batch) and the prior displacement (N, 3) um."""
+    if not len(cases) == len(press) == len(stage_next) == len(cd):
+        raise CalbatchError(f"step: {len(cases)} cases, {len(press)} press triples, {len(stage_next)} stages and "
+                            f"{len(cd)} CDs (one each)")
+    bad = [s for s in stage_next if s not in STAGES]
+    if bad:
+        raise CalbatchError(f"step: unknown stage {bad[0]!r} (expected one of {', '.join(STAGES)})")
+    try:
+        return _core.particle_step_features(
+            [p.centres for p in cases], [p.radii for p in cases], [p.phases for p in cases], _boxes(cases),
+            np.asarray(press, dtype=np.float64).reshape(len(cases), 3), np.array([STAGES.index(s) for s in stage_next]),
+            np.asarray(cd, dtype=np.float64), cutoff=CUTOFF_UM, z_scale=Z_SCALE_UM, length_scale=LENGTH_SCALE_UM,
+            overlap_scale=OVERLAP_SCALE_UM, gap_low=WALL_GAP_UM[0], gap_high=WALL_GAP_UM[1], cd_scale=CD_SCALE,
+            prior_scale=OUTPUT_SCALE_UM, stages=len(STAGES), press_stage=STAGES.index("press"), am=AM, cbd=CBD)
+    except ValueError as exc:
+        raise _refused(cases, exc) from None
+
 
 def graph(p: Particles, press_now: float, press_next: float, press_prev: float, stage_next: str, cd: float):
-    """The step from ``p`` (press at ``press_now``) to the next frame (press at ``press_next``, stage
-    ``stage_next``): node features (n, 14), edge features (m, 9), senders and receivers (m,) int32
-    (every pair both ways) and the prior displacement (n, 3) in um."""
+    """:func:`features` of one case: the step from ``p`` (press at ``press_now``) to the next frame
+    (press at ``press_next``, stage ``stage_next``)."""
+    return features([p], [(press_prev, press_now, press_next)], [stage_next], [cd])
+
+
+def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
+            tolerance: dict[str, float] | None) -> Particles:
+    """The next state: prior + residual (capped at :data:`MAX_RESIDUAL_UM` a sphere), the collector
+    and the press as hard walls, overlaps deeper than ``tolerance`` (um per pair type) pushed apart."""
+    return _advance([p], prior, residual, [press_next], tolerance, None)[0]
+
+
+def _advance(cases, prior, residual, press_next, tolerance, out) -> list[Particles]:
+    if out is not None:
+        if len(out) != len(cases):
+            raise CalbatchError(f"step: {len(out)} output frames for {len(cases)} cases")
+        for p, f in zip(cases, out):
+            if np.ndim(f) != 3 or np.shape(f)[1:] != p.grid(1)[1:]:
+                raise CalbatchError(f"{p.source}: output frame of shape {np.shape(f)}, the grid is (nz, *{p.grid(1)[1:]})")
+    try:
+        centres = _core.particle_step_advance(
+            [p.centres for p in cases], [p.radii for p in cases], [p.phases for p in cases], _boxes(cases),
+            np.asarray(prior, dtype=np.float64), np.asarray(residual, dtype=np.float64),
+            np.asarray(press_next, dtype=np.float64), max_residual=MAX_RESIDUAL_UM, collector_wall=COLLECTOR_WALL_UM,
+            press_wall=PRESS_WALL_UM, tolerance=None if tolerance is None else tolerance_table(tolerance),
+            iterations=PROJECTION_SWEEPS, voxel_size=np.array([p.voxel_size for p in cases]), out=out)
+    except ValueError as exc:
+        raise _refused(cases, exc) from None
+    return [replace(p, centres=c) for p, c in zip(cases, centres)]
+
+
+def _boxes(cases: list[Particles]) -> np.ndarray:
+    return np.array([p.box for p in cases], dtype=np.float64).reshape(len(cases), 2)
+
+
+def _refused(cases: list[Particles], exc: ValueError) -> CalbatchError:
+    """The core's refusal as one line naming the case's source."""
+    m = re.match(r"case (\d+): (.*)", str(exc))
+    if m and int(m[1]) < len(cases):
+        return CalbatchError(f"{cases[int(m[1])].source}: {m[2]}")
+    return CalbatchError(f"step: {exc}")
+
+
+def rollout(p0: Particles, schedule: dict, cd: float, residual_of, tolerance: dict[str, float] | None = None,
+            on_frame=None) -> np.ndarray:
+    """Free rollout from ``p0`` through ``schedule`` (:func:`calbatch.electrode.schedule.press_schedule`):
+    ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um is the network. Returns the positions of every
+    frame (frames, n, 3); ``on_frame(t, particles)`` sees each new frame."""
+    press, stage = np.asarray(schedule["press_z_um"], float), np.asarray(schedule["phase"]).astype(str)
+    frames, p = [p0.centres], p0
+    for t in range(len(press) - 1):
+        p = step([p], [(press[max(t - 1, 0)], press[t], press[t + 1])], [stage[t + 1]], [cd], residual_of, tolerance)[0]
+        frames.append(p.centres)
+        if on_frame is not None:
+            on_frame(t + 1, p)
+    return np.stack(frames)
+
+
+def onnx_residual(path, workers: int | None = None) -> callable:
+    """The network of an exported particle-step file as ``residual_of`` for :func:`step` (see
+    :func:`residual_runner`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return residual_runner(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), workers)
+
+
+def residual_runner(session, workers: int | None = None) -> callable:
+    """``residual_of`` for :func:`step` from an ONNX Runtime session opened on ONE intra-op thread:
+    on more, ONNX Runtime's CPU ScatterND (reduction add, the network's sum over a sphere's pairs)
+    races and drops updates (onnxruntime 1.32: 12 runs in 300 wrong on one DEM frame's pairs). A
+    joined graph (a batch) is cut instead where no edge crosses into parts of about
+    :data:`PART_SPHERES` (a sphere's residual depends on its own graph only), run ``workers`` at a
+    time (default: the core's threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [i.name for i in session.get_inputs()]
+    workers = max(1, workers or _core.max_threads())
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+
+    def run(node, edge, snd, rcv):
+        return session.run(None, dict(zip(names, (node, edge, snd, rcv))))[0].astype(np.float64)
+
+    def residual_of(node, edge, snd, rcv):
+        cuts = _cuts(snd, rcv, len(node), PART_SPHERES)
+        if not cuts:
+            return run(node, edge, snd, rcv)
+        part = np.searchsorted(cuts, snd, side="right")  # an edge's part is its sender's
+        bounds = [0, *cuts, len(node)]
+        args = [(node[a:b], edge[part == k], snd[part == k] - np.int32(a), rcv[part == k] - np.int32(a))
+                for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        return np.concatenate(list(pool.map(lambda x: run(*x), args)) if pool else [run(*x) for x in args])
+
+    return residual_of
+
+
+def _cuts(snd: np.ndarray, rcv: np.ndarray, n: int, smallest: int) -> list[int]:
+    """Node indices c that no edge crosses (none joins a node below c to one at or above it),
+    increasing, leaving parts of at least ``smallest`` nodes."""
+    lo, hi = np.minimum(snd, rcv), np.maximum(snd, rcv)
+    crossing = np.cumsum(np.bincount(lo + 1, minlength=n + 1) - np.bincount(hi + 1, minlength=n + 1))
+    cuts = []
+    for c in np.flatnonzero(crossing[smallest:n - smallest + 1] == 0) + smallest:
+        if c - (cuts[-1] if cuts else 0) >= smallest:
+            cuts.append(int(c))
+    return cuts
+
+
+# The reference: the step in numpy, as it was written first. The core's step must equal it bit for
+# bit (tests/test_particle_core.py); benchmarks/bench_particle_step.py times the two side by side.
+
+def _reference_graph(p: Particles, press_now: float, press_next: float, press_prev: float, stage_next: str, cd: float):
     ij, delta = neighbours(p, CUTOFF_UM)
     snd = np.concatenate([ij[:, 0], ij[:, 1]]).astype(np.int32)
     rcv = np.concatenate([ij[:, 1], ij[:, 0]]).astype(np.int32)
@@ -60,10 +217,8 @@ def graph(p: Particles, press_now: float, press_next: float, press_prev: float, 
     return node.astype(np.float32), edge.astype(np.float32), snd, rcv, prior
 
 
-def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
-            tolerance: dict[str, float] | None) -> Particles:
-    """The next state: prior + residual (capped at :data:`MAX_RESIDUAL_UM` a sphere), the collector
-    and the press as hard walls, overlaps deeper than ``tolerance`` (um per pair type) pushed apart."""
+def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
+                       tolerance: dict[str, float] | None) -> Particles:
     size = np.linalg.norm(residual, axis=1, keepdims=True)
     residual = residual * np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
     centres = p.centres + prior + residual
@@ -74,39 +229,11 @@ def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: f
     return nxt
 
 
-def step(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float],
-         residual_of, tolerance: dict[str, float] | None) -> list[Particles]:
-    """One step of a batch of cases by one network call: ``press[k]`` is case k's (previous, now,
-    next) press height (um), ``stage_next[k]`` the stage of its next frame; the graphs of all cases
-    are joined (node indices offset) and ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um moves them."""
-    graphs = [graph(p, now, nxt, prev, st, c) for p, (prev, now, nxt), st, c in zip(cases, press, stage_next, cd)]
+def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, tolerance) -> list[Particles]:
+    graphs = [_reference_graph(p, now, nxt, prev, st, c) for p, (prev, now, nxt), st, c in zip(cases, press, stage_next, cd)]
     offsets = np.cumsum([0] + [p.n for p in cases])
     residual = residual_of(np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
                            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
                            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32))
-    return [advance(p, g[4], residual[a:b], pr[2], tolerance)
+    return [_reference_advance(p, g[4], residual[a:b], pr[2], tolerance)
             for p, g, a, b, pr in zip(cases, graphs, offsets[:-1], offsets[1:], press)]
-
-
-def rollout(p0: Particles, schedule: dict, cd: float, residual_of, tolerance: dict[str, float] | None = None,
-            on_frame=None) -> np.ndarray:
-    """Free rollout from ``p0`` through ``schedule`` (:func:`calbatch.electrode.schedule.press_schedule`):
-    ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um is the network. Returns the positions of every
-    frame (frames, n, 3); ``on_frame(t, particles)`` sees each new frame."""
-    press, stage = np.asarray(schedule["press_z_um"], float), np.asarray(schedule["phase"]).astype(str)
-    frames, p = [p0.centres], p0
-    for t in range(len(press) - 1):
-        p = step([p], [(press[max(t - 1, 0)], press[t], press[t + 1])], [stage[t + 1]], [cd], residual_of, tolerance)[0]
-        frames.append(p.centres)
-        if on_frame is not None:
-            on_frame(t + 1, p)
-    return np.stack(frames)
-
-
-def onnx_residual(path) -> callable:
-    """The network of an exported particle-step file as ``residual_of`` for :func:`rollout`."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return lambda node, edge, snd, rcv: session.run(None, dict(zip(names, (node, edge, snd, rcv))))[0].astype(np.float64)

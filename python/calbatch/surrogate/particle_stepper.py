@@ -76,8 +76,8 @@ class ParticleCase(Case):
 class ParticleStepper(Stepper):
     """A particle model held open, stepping cases (the methods of :class:`Stepper`). ``rule`` is
     accepted for the same door and unused: the frames are rendered from the spheres. Runs on
-    ONNX Runtime's CPU provider (``backend`` ``cpu``), on one thread unless ``threads`` says more
-    (then a rollout no longer repeats bit for bit)."""
+    ONNX Runtime's CPU provider (``backend`` ``cpu``), its session on one thread (on more its sums
+    over the pairs race); ``threads``: a batch's parts run that many side by side."""
 
     steps_particles = True
 
@@ -93,9 +93,7 @@ class ParticleStepper(Stepper):
             raise CalbatchError(f"backend {backend!r}: a particle model runs on ONNX Runtime's CPU (backend cpu)")
         if int(batch_size) < 1:
             raise CalbatchError(f"batch_size: must be at least 1, got {batch_size}")
-        # one thread unless told: ONNX Runtime's threaded sums over the pairs (ScatterND) differ from run
-        # to run, one thread repeats bit for bit and is no slower here (0.040 against 0.043 s a step)
-        self.session, self.meta = load_onnx(self.model_path, threads or 1)
+        self.session, self.meta = load_onnx(self.model_path, 1)
         self.model = ModelFile(self.model_path, self.meta, self.session)
         if self.model.kind is not Kind.PARTICLES:
             raise CalbatchError(f"{self.model_path}: a {self.model.kind.value} model, not a particle model")
@@ -104,11 +102,9 @@ class ParticleStepper(Stepper):
         self.tolerance = self.model.tolerance
         self._sources: dict[tuple, ParticleSource] = {}
         self.backend = _CpuBackend(self.session)
-
-    def residual(self, node, edge, sender, receiver) -> np.ndarray:
-        """The network: every sphere's displacement beyond the prior, (n, 3) um."""
-        feeds = dict(zip(Kind.PARTICLES.inputs, (node, edge, sender, receiver)))
-        return self.session.run(None, feeds)[0].astype(np.float64)
+        # the network: every sphere's displacement beyond the prior, (n, 3) um; ``threads`` runs
+        # a batch's parts side by side (one session thread each: more race, see residual_runner)
+        self.residual = particle_step.residual_runner(self.session, threads)
 
     # --- the start ----------------------------------------------------------------------------
 
