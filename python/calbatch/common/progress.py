@@ -34,7 +34,7 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
-        text = f"{self.label}: {count} {self.unit}s"
+        text = f"{self.label}: {count} {self.unit}{'' if self.unit.endswith('s') else 's'}"
         if self.total is not None and rate > 0:
             text += f", {rate:.2f} {self.unit}/s, ETA {_duration((self.total - self.done) / rate)}"
         else:

@@ -34,7 +34,7 @@ from ..surrogate.contract import ExtrapolationWarning, ModelFile
 from ..surrogate.rules import DEFAULT_RULE
 from ..surrogate.step import Stepper
 from . import baselines
-from .scores import CONTACTS, final_scores, final_state, frame_state, particle_drift, per_frame, triple
+from .scores import CONTACTS, PORES_ALONE, final_scores, final_state, frame_state, particle_drift, per_frame, triple
 
 PASSES = ("free_from_frame0", "free_from_3_frames", "teacher_forced", "persistence", "press_affine", "twin")
 MIN_FRAMES = 4  # three given frames and one to predict
@@ -210,9 +210,10 @@ def summarize(reports: list[dict]) -> dict:
                  "final_porosity_error": _abs_stats(f["porosity"]["rel_error"] for f in fin),
                  "final_thickness_error_voxels": _abs_stats(f["thickness_voxels"]["error"] for f in fin),
                  "contact_area_error": _abs_stats(f["contact_area_um2"][k]["rel_error"] for f in fin for k in CONTACTS)}
-        if all("d_eff_rel" in f for f in fin):
-            entry["d_eff_error"] = _abs_stats(f["d_eff_rel"]["rel_error"] for f in fin)
-            entry["tau_error"] = _abs_stats(f["tau"]["rel_error"] for f in fin)
+        for suffix in ("", PORES_ALONE):
+            if all(f"d_eff_rel{suffix}" in f for f in fin):
+                entry[f"d_eff_error{suffix}"] = _abs_stats(f[f"d_eff_rel{suffix}"]["rel_error"] for f in fin)
+                entry[f"tau_error{suffix}"] = _abs_stats(f[f"tau{suffix}"]["rel_error"] for f in fin)
         summary[name] = entry
     base = [r["training_mean_porosity"] for r in reports if r["training_mean_porosity"]]
     if base:

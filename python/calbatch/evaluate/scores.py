@@ -70,9 +70,14 @@ def per_frame(truth: np.ndarray, pred: np.ndarray, truth_states: list[dict], vox
             "thickness_error_max_voxels": int(max(abs(r["thickness_error_voxels"]) for r in scored))}
 
 
+PORES_ALONE = "_pores"  # the suffix of the transport with the CBD blocking
+
+
 def final_state(frame: np.ndarray, voxel_size: float, fick: bool, cbd_diffusivity: float | None = None) -> dict:
     """Porosity, thickness, the three contact areas (um^2) and, with ``fick``, D_eff / D_bulk and
-    tau (with the solve's converged / percolating flags) of one frame."""
+    tau (with the solve's converged / percolating flags) of one frame, both ways: with the CBD
+    conducting (``cbd_diffusivity``, default calbatch's) and through the pores alone (``_pores``:
+    the CBD blocking, the most sensitive test of where the pores and the CBD sit)."""
     m = measure(frame, voxel_size)
     out = {"porosity": m["porosity"], "thickness_voxels": m["thickness_voxels"],
            "contact_area_um2": {k: m["contact_area_um2"][k] for k in CONTACTS}}
@@ -80,9 +85,10 @@ def final_state(frame: np.ndarray, voxel_size: float, fick: bool, cbd_diffusivit
         from ..transport import DEFAULT_CBD_DIFFUSIVITY, FickSolver
 
         d = DEFAULT_CBD_DIFFUSIVITY if cbd_diffusivity is None else cbd_diffusivity
-        r = FickSolver(frame, cbd_diffusivity=d, source="final frame").solve()
-        out.update({"d_eff_rel": r.d_eff_rel, "tau": r.tau, "fick_converged": r.converged,
-                    "fick_percolating": r.percolating})
+        for suffix, dc in (("", d), (PORES_ALONE, 0.0)):
+            r = FickSolver(frame, cbd_diffusivity=dc, source="final frame").solve()
+            out.update({f"d_eff_rel{suffix}": r.d_eff_rel, f"tau{suffix}": r.tau, f"fick_converged{suffix}": r.converged,
+                        f"fick_percolating{suffix}": r.percolating})
     return out
 
 
@@ -93,10 +99,11 @@ def final_scores(state: dict, dem: dict) -> dict:
            "thickness_voxels": {"value": state["thickness_voxels"], "dem": dem["thickness_voxels"],
                                 "error": state["thickness_voxels"] - dem["thickness_voxels"]},
            "contact_area_um2": {k: triple(state["contact_area_um2"][k], dem["contact_area_um2"][k]) for k in CONTACTS}}
-    if "d_eff_rel" in state and "d_eff_rel" in dem:
-        out["d_eff_rel"] = triple(state["d_eff_rel"], dem["d_eff_rel"])
-        out["tau"] = triple(state["tau"], dem["tau"])
-        out["fick_converged"] = bool(state["fick_converged"])
+    for suffix in ("", PORES_ALONE):
+        if f"d_eff_rel{suffix}" in state and f"d_eff_rel{suffix}" in dem:
+            out[f"d_eff_rel{suffix}"] = triple(state[f"d_eff_rel{suffix}"], dem[f"d_eff_rel{suffix}"])
+            out[f"tau{suffix}"] = triple(state[f"tau{suffix}"], dem[f"tau{suffix}"])
+            out[f"fick_converged{suffix}"] = bool(state[f"fick_converged{suffix}"])
     return out
 
 
