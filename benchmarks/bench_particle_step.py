@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from calbatch import _core
-from calbatch.model.particle_train import load_particle_file
+from calbatch.model.particle_data import load_particle_file
 from calbatch.surrogate import particle_step as ps
 from timing import best_time
 

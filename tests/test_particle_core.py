@@ -10,7 +10,7 @@ import pytest
 
 from calbatch.electrode.particles import checked
 from calbatch.errors import CalbatchError
-from calbatch.model.particle_train import load_particle_file
+from calbatch.model.particle_data import load_particle_file
 from calbatch.surrogate import particle_step as ps
 
 ROOT = Path(__file__).resolve().parents[1]

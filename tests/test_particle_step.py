@@ -26,7 +26,8 @@ PARTICLES = ROOT / "data/dem/default/particles"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     pytest.importorskip("tensorflow")
-    from calbatch.model.particle_train import ParticleOptions, batch, export, load_particle_file, sample, train
+    from calbatch.model.particle_data import batch, load_particle_file, sample
+    from calbatch.model.particle_train import ParticleOptions, export, train
 
     out = tmp_path_factory.mktemp("particle_step")
     opts = ParticleOptions(latent=16, rounds=1, epochs=3, batch=2)
@@ -38,7 +39,7 @@ def trained(tmp_path_factory):
 
 
 def test_the_graph_is_every_pair_within_the_cutoff_both_ways():
-    from calbatch.model.particle_train import load_particle_file
+    from calbatch.model.particle_data import load_particle_file
 
     s = load_particle_file(PARTICLES / "ms1_cd35.h5")
     node, edge, snd, rcv, prior = graph(s["p"], s["press"][0], s["press"][1], s["press"][0], "press", 35.0)

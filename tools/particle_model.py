@@ -18,7 +18,8 @@ import numpy as np
 
 from calbatch.electrode.metrics import measure
 from calbatch.model.dataset import split
-from calbatch.model.particle_train import ParticleOptions, batch, export, load_particle_file, sample, train
+from calbatch.model.particle_data import batch, load_particle_file, sample
+from calbatch.model.particle_train import ParticleOptions, export, train
 from calbatch.surrogate.particle_step import onnx_residual, rollout, step
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,115 @@
+"""What the particle step trains on: a DEM particle file's transitions as graphs (the features of
+frame t, noised, and the residual that reaches the DEM's frame t + 1), the model's own states
+(pushforward) and its free rollouts scored against the DEM. Numpy and the core only: the runtime's
+features (:mod:`calbatch.surrogate.particle_step`) are the training's, by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..electrode.particles import checked
+from ..errors import CalbatchError
+from ..surrogate.particle_step import MAX_RESIDUAL_UM, graph, rollout, step
+
+
+def load_particle_file(path: Path) -> dict:
+    """A DEM particle file as the training needs it: positions (frames, n, 3), radii, phases, press
+    heights and stages per frame, box and CD; the arrays checked as a particle state is."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            pos = f["particles/positions"][:].astype(np.float64)
+            radii, phases = f["particles/radii"][:], f["particles/phases"][:]
+            press, stage = f["press_z_um"][:].astype(np.float64), f["phase"][:].astype(str)
+            attrs = dict(f.attrs)
+    except (OSError, KeyError) as exc:
+        raise CalbatchError(f"{path}: not a DEM particle file ({exc})") from None
+    p = checked(pos[0], radii, phases, attrs["box_um"], float(attrs.get("voxel_size_um", 0.4)), str(path))
+    return {"pos": pos, "p": p, "press": press, "stage": stage, "cd": float(attrs["cd_percent"]),
+            "electrode": int(attrs["microstructure_id"]), "name": Path(path).stem}
+
+
+def windows(series: list[dict]) -> list[tuple[dict, int]]:
+    """Every transition (series, t) once: the series of one electrode share their press frames (the
+    same pack pressed at the same speed) down to their own lowest point, so the press steps come
+    from the electrode's deepest series only."""
+    deepest: dict[int, float] = {}
+    for s in series:
+        deepest[s["electrode"]] = max(deepest.get(s["electrode"], 0.0), s["cd"])
+    return [(s, t) for s in series for t in range(len(s["press"]) - 1)
+            if not (s["stage"][t + 1] == "press" and s["cd"] < deepest[s["electrode"]])]
+
+
+def sample(s: dict, t: int, rng: np.random.Generator, noise_um: float, start: np.ndarray | None = None):
+    """One training graph: the features of frame ``t`` (or of ``start``, the model's own state at t),
+    noised, and the residual that reaches the DEM's frame t + 1 (capped as the runtime caps it)."""
+    base = s["pos"][t] if start is None else start
+    centres = base + (rng.normal(0.0, noise_um, base.shape) if noise_um > 0 else 0.0)
+    p = replace(s["p"], centres=centres)
+    press = s["press"]
+    node, edge, snd, rcv, prior = graph(p, press[t], press[t + 1], press[max(t - 1, 0)], s["stage"][t + 1], s["cd"])
+    delta = s["pos"][t + 1] - centres
+    delta[:, :2] -= np.asarray(p.box) * np.round(delta[:, :2] / np.asarray(p.box))  # minimum image
+    target = delta - prior
+    size = np.linalg.norm(target, axis=1, keepdims=True)
+    target *= np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
+    return node, edge, snd, rcv, target.astype(np.float32)
+
+
+def free_rollouts(series: list[dict], residual_of, tolerance: dict[str, float]) -> list[np.ndarray]:
+    """Every series rolled out freely from its frame 0: positions (frames, n, 3) each."""
+    return [rollout(s["p"], {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], residual_of, tolerance)
+            for s in series]
+
+
+def pushforward_states(s: dict, steps: int, residual_of, tolerance: dict[str, float]) -> dict[int, list[np.ndarray]]:
+    """The model's own states of one series: from every DEM frame t0, ``steps`` steps (all starts
+    in one batch); returns {t: [positions reached at t, one per start that reached it]}."""
+    press, stage, frames = s["press"], s["stage"], len(s["press"])
+    starts = list(range(frames - 1))
+    cases = [replace(s["p"], centres=s["pos"][t]) for t in starts]
+    out: dict[int, list[np.ndarray]] = {}
+    for k in range(1, steps + 1):
+        live = [(t0, c) for t0, c in zip(starts, cases) if t0 + k < frames]
+        if not live:
+            break
+        ts = [t0 + k - 1 for t0, _ in live]
+        moved = step([c for _, c in live], [(press[max(t - 1, 0)], press[t], press[t + 1]) for t in ts],
+                     [stage[t + 1] for t in ts], [s["cd"]] * len(ts), residual_of, tolerance)
+        starts, cases = [t0 for t0, _ in live], moved
+        for t, c in zip(ts, moved):
+            out.setdefault(t + 1, []).append(c.centres)
+    return out
+
+
+def rollout_score(series: list[dict], trajectories: list[np.ndarray]) -> dict:
+    """How far free rollouts end from the DEM: mean over series of the final frame's R2 per voxel,
+    |porosity error| (%), |thickness error| (voxels) and median particle drift (um)."""
+    from ..electrode.metrics import measure
+
+    rows = []
+    for s, traj in zip(series, trajectories):
+        p, nz = s["p"], 125
+        got, want = replace(p, centres=traj[-1]).voxelize(nz), replace(p, centres=s["pos"][-1]).voxelize(nz)
+        mg, mw = measure(got, p.voxel_size), measure(want, p.voxel_size)
+        dd = traj[-1] - s["pos"][-1]
+        dd[:, :2] -= np.asarray(p.box) * np.round(dd[:, :2] / np.asarray(p.box))
+        rows.append([1 - np.mean((got.astype(float) - want) ** 2) / np.var(want.astype(float)),
+                     100 * abs(mg["porosity"] - mw["porosity"]) / mw["porosity"],
+                     abs(mg["thickness_um"] - mw["thickness_um"]) / p.voxel_size, np.median(np.linalg.norm(dd, axis=1))])
+    r2, por, thick, drift = np.mean(rows, axis=0)
+    return {"r2": float(r2), "porosity_pct": float(por), "thickness_vox": float(thick), "drift_um": float(drift)}
+
+
+def batch(graphs: list[tuple]) -> tuple:
+    """Graphs joined into one, their node indices offset."""
+    offsets = np.cumsum([0] + [len(g[0]) for g in graphs[:-1]])
+    return (np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
+            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
+            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
+            np.concatenate([g[4] for g in graphs]))
