@@ -216,11 +216,12 @@ class ParticleStepper(Stepper):
         moved = particle_step.step([c.state for c in batch], press, [str(c.stages[c.t + 1]) for c in batch],
                                    [c.cd for c in batch], self.residual, self.tolerance)
         for c, p in zip(batch, moved):
-            stored = p.centres.astype(np.float32)  # as a particle file keeps them: it renders the same frame
+            stored = p.centres.astype(np.float32)
             if not np.isfinite(stored).all():
                 raise CalbatchError(f"rollout CD {c.cd:g}: frame {c.t + 1}: the particle step gave non-finite positions")
             nz = c.frames.shape[1]
-            frame = replace(p, centres=stored.astype(np.float64)).voxelize(nz)
+            # rendered from what a particle file keeps (float32 centres and radii): it revoxelizes to this frame
+            frame = replace(p, centres=stored.astype(np.float64), radii=p.radii.astype(np.float32).astype(np.float64)).voxelize(nz)
             slot = (c.t + 1) % len(c.frames)
             if c.positions is not None:
                 c.positions[c.t + 1] = stored
