@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from calbatch import _core
-from calbatch.electrode.particles import decompose, neighbours, neighbours_batch, overlaps, particles_of, project
+from calbatch.electrode.particles import (
+    decompose,
+    minimum_image,
+    neighbours,
+    neighbours_batch,
+    overlaps,
+    particles_of,
+    project,
+)
 from timing import best_time
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "dem" / "default" / "particles"
@@ -37,7 +45,7 @@ def am_errors(truth, found) -> tuple[float, float]:
     median radius error (um) of that sphere."""
     t, f = truth.phases == 2, found.phases == 2
     d = truth.centres[t][:, None, :] - found.centres[f][None, :, :]
-    d[..., :2] -= np.asarray(truth.box) * np.round(d[..., :2] / np.asarray(truth.box))
+    minimum_image(d, truth.box)
     dist = np.linalg.norm(d, axis=2)
     k = dist.argmin(axis=1)
     return float(np.median(dist.min(axis=1))), float(np.median(found.radii[f][k] - truth.radii[t]))
@@ -88,7 +96,7 @@ def reference_pairs(p, cutoff: float):
     ij = tree.query_pairs(reach, output_type="ndarray")
     ij.sort(axis=1)
     d = x[ij[:, 1]] - x[ij[:, 0]]
-    d[:, :2] -= np.asarray(p.box) * np.round(d[:, :2] / np.asarray(p.box))
+    minimum_image(d, p.box)
     keep = np.linalg.norm(d, axis=1) < p.radii[ij[:, 0]] + p.radii[ij[:, 1]] + cutoff
     ij, d = ij[keep], d[keep]
     order = np.lexsort((ij[:, 1], ij[:, 0]))

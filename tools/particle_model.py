@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from calbatch.electrode.metrics import measure
+from calbatch.electrode.particles import minimum_image
 from calbatch.model.dataset import split
 from calbatch.model.particle_data import batch, load_particle_file, sample
 from calbatch.model.particle_train import ParticleOptions, export, train
@@ -51,8 +52,7 @@ def score(model: Path, files: list[Path], tolerance: dict | None) -> list[dict]:
         forced = [step([replace(p, centres=s["pos"][t])], [(s["press"][max(t - 1, 0)], s["press"][t], s["press"][t + 1])],
                        [s["stage"][t + 1]], [s["cd"]], residual_of, tolerance)[0].voxelize(nz) for t in range(len(traj) - 1)]
         mg, mw = measure(frames[-1], p.voxel_size), measure(dem[-1], p.voxel_size)
-        dd = traj[-1] - s["pos"][-1]
-        dd[:, :2] -= box * np.round(dd[:, :2] / box)
+        dd = minimum_image(traj[-1] - s["pos"][-1], box)
         drift = np.linalg.norm(dd, axis=1)
         am = [100 * (np.sum(g == 2) - np.sum(w == 2)) / np.sum(w == 2) for g, w in zip(frames, dem)]
         per_frame = [r2(g, w) for g, w in zip(frames[1:], dem[1:])]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..electrode.metrics import cbd_distribution, measure
+from ..electrode.particles import minimum_image
 from ..electrode.series import write_pack
 from ..electrode.volume import AM, CBD, DEFAULT_NANOPOROSITY, DEFAULT_VOXEL_SIZE_UM
 from ..electrode.voxelize import grid_shape, voxelize_spheres
@@ -60,7 +61,7 @@ def initial_placement(seed: int, n_am: int, box_xy: float, size_scale: float = 1
 
     def free(p, r, ignore=-1):
         d = centers - p
-        d[:, :2] -= box * np.round(d[:, :2] / box)
+        minimum_image(d, box)
         clear = np.einsum("ij,ij->i", d, d) > (radii + r) ** 2
         if ignore >= 0:
             clear[ignore] = True

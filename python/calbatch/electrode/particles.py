@@ -55,6 +55,14 @@ class Particles:
         return voxelize_spheres(self.centres, self.radii, self.phases, self.box, self.grid(nz), self.voxel_size)
 
 
+def minimum_image(d: np.ndarray, box) -> np.ndarray:
+    """Displacements ``d`` (..., 3) um wrapped in x and y to their nearest periodic image in the box
+    (x, y) um; in place, and returned."""
+    period = np.asarray(box, dtype=np.float64)[:2]
+    d[..., :2] -= period * np.round(d[..., :2] / period)
+    return d
+
+
 def checked(centres, radii, phases, box, voxel_size: float, source: str = "particles",
             fields: tuple[str, str, str] = ("positions", "radii", "phases")) -> Particles:
     """A :class:`Particles` from arrays, refused (naming ``source`` and the field) when the arrays

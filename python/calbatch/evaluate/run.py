@@ -159,7 +159,8 @@ def evaluate_case(stepper: Stepper, case: _Case, fick: bool) -> tuple[dict, dict
     t0 = time.perf_counter()
     dem_states = [frame_state(f, vs) for f in frames]
     dem_final = final_state(frames[-1], vs, fick)
-    dem_initial = final_state(frames[0], vs, fick)  # the uncalendered electrode, CD 0 in the plots
+    # the uncalendered electrode, CD 0 in the plots (which draw the transport with the CBD conducting)
+    dem_initial = final_state(frames[0], vs, fick, pores_alone=False)
     passes = {}
     for name, (pred, first) in preds.items():
         scores = per_frame(frames, pred, dem_states, vs, first)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..electrode.metrics import compare, measure
+from ..electrode.particles import minimum_image
 from ..electrode.volume import AM, CBD, PHASES, PORE
 
 SOLID_PHASES = (PORE, CBD, AM)  # the phases scored by IoU and volume
@@ -73,11 +74,12 @@ def per_frame(truth: np.ndarray, pred: np.ndarray, truth_states: list[dict], vox
 PORES_ALONE = "_pores"  # the suffix of the transport with the CBD blocking
 
 
-def final_state(frame: np.ndarray, voxel_size: float, fick: bool, cbd_diffusivity: float | None = None) -> dict:
+def final_state(frame: np.ndarray, voxel_size: float, fick: bool, cbd_diffusivity: float | None = None,
+                pores_alone: bool = True) -> dict:
     """Porosity, thickness, the three contact areas (um^2) and, with ``fick``, D_eff / D_bulk and
     tau (with the solve's converged / percolating flags) of one frame, both ways: with the CBD
     conducting (``cbd_diffusivity``, default calbatch's) and through the pores alone (``_pores``:
-    the CBD blocking, the most sensitive test of where the pores and the CBD sit)."""
+    the CBD blocking, the most sensitive test of where the pores and the CBD sit; ``pores_alone``)."""
     m = measure(frame, voxel_size)
     out = {"porosity": m["porosity"], "thickness_voxels": m["thickness_voxels"],
            "contact_area_um2": {k: m["contact_area_um2"][k] for k in CONTACTS}}
@@ -85,7 +87,8 @@ def final_state(frame: np.ndarray, voxel_size: float, fick: bool, cbd_diffusivit
         from ..transport import DEFAULT_CBD_DIFFUSIVITY, FickSolver
 
         d = DEFAULT_CBD_DIFFUSIVITY if cbd_diffusivity is None else cbd_diffusivity
-        for suffix, dc in (("", d), (PORES_ALONE, 0.0)):
+        ways = [("", d)] + ([(PORES_ALONE, 0.0)] if pores_alone else [])
+        for suffix, dc in ways:
             r = FickSolver(frame, cbd_diffusivity=dc, source="final frame").solve()
             out.update({f"d_eff_rel{suffix}": r.d_eff_rel, f"tau{suffix}": r.tau, f"fick_converged{suffix}": r.converged,
                         f"fick_percolating{suffix}": r.percolating})
@@ -111,9 +114,7 @@ def particle_drift(pred: np.ndarray, truth: np.ndarray, box) -> dict:
     """Per frame the median and 90th percentile (um) of every particle's distance from its DEM
     position (``pred``, ``truth`` (frames, n, 3) in the same particle order; minimum image in x
     and y, periodic with ``box`` (x, y) um), and the final frame's."""
-    d = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
-    period = np.asarray(box, dtype=np.float64)[:2]
-    d[..., :2] -= period * np.round(d[..., :2] / period)
+    d = minimum_image(np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64), box)
     dist = np.linalg.norm(d, axis=-1)
     median, p90 = np.median(dist, axis=1), np.percentile(dist, 90, axis=1)
     return {"median_um": median.tolist(), "p90_um": p90.tolist(), "final_median_um": float(median[-1]),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..electrode.particles import checked
+from ..electrode.particles import checked, minimum_image
 from ..errors import CalbatchError
 from ..surrogate.particle_step import MAX_RESIDUAL_UM, graph, rollout, step
 
@@ -54,7 +54,7 @@ def sample(s: dict, t: int, rng: np.random.Generator, noise_um: float, start: np
     press = s["press"]
     node, edge, snd, rcv, prior = graph(p, press[t], press[t + 1], press[max(t - 1, 0)], s["stage"][t + 1], s["cd"])
     delta = s["pos"][t + 1] - centres
-    delta[:, :2] -= np.asarray(p.box) * np.round(delta[:, :2] / np.asarray(p.box))  # minimum image
+    minimum_image(delta, p.box)
     target = delta - prior
     size = np.linalg.norm(target, axis=1, keepdims=True)
     target *= np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
@@ -97,8 +97,7 @@ def rollout_score(series: list[dict], trajectories: list[np.ndarray]) -> dict:
         p, nz = s["p"], 125
         got, want = replace(p, centres=traj[-1]).voxelize(nz), replace(p, centres=s["pos"][-1]).voxelize(nz)
         mg, mw = measure(got, p.voxel_size), measure(want, p.voxel_size)
-        dd = traj[-1] - s["pos"][-1]
-        dd[:, :2] -= np.asarray(p.box) * np.round(dd[:, :2] / np.asarray(p.box))
+        dd = minimum_image(traj[-1] - s["pos"][-1], p.box)
         rows.append([1 - np.mean((got.astype(float) - want) ** 2) / np.var(want.astype(float)),
                      100 * abs(mg["porosity"] - mw["porosity"]) / mw["porosity"],
                      abs(mg["thickness_um"] - mw["thickness_um"]) / p.voxel_size, np.median(np.linalg.norm(dd, axis=1))])
