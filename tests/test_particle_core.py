@@ -64,9 +64,9 @@ def test_features_and_positions_of_a_dem_frame_equal_numpy():
         assert all(same(g, w) for g, w in zip(got, want))
         # residuals beyond the cap and past both walls among them
         residual = rng.normal(0, 1.0, (p.n, 3)) * np.where(rng.random((p.n, 1)) < 0.1, 4.0, 1.0)
-        for tolerance in (TOLERANCE, None):
-            a = ps.advance(p, got[4], residual, press[2], tolerance)
-            b = ps._reference_advance(p, want[4], residual, press[2], tolerance)
+        for tolerance, wall in ((TOLERANCE, ps.PRESS_WALL_UM), (None, ps.PRESS_WALL_UM), ps.softness(37.0)[::-1]):
+            a = ps.advance(p, got[4], residual, press[2], tolerance, wall)
+            b = ps._reference_advance(p, want[4], residual, press[2], tolerance, wall)
             assert same(a.centres, b.centres)
 
 
@@ -77,15 +77,15 @@ def test_a_free_rollout_with_the_shipped_network_equals_the_python_loop_frame_fo
     core, ref = s["p"], s["p"]
     frame = np.empty(core.grid(NZ), dtype=np.uint8)
     for t in range(6):
-        args = ([(press[max(t - 1, 0)], press[t], press[t + 1])], [stage[t + 1]], [s["cd"]], residual_of, TOLERANCE)
-        (core,) = ps.step([core], *args, out=[frame])
-        (ref,) = ps._reference_step([ref], *args)
+        args = ([(press[max(t - 1, 0)], press[t], press[t + 1])], [stage[t + 1]], [s["cd"]], residual_of, ps.SOFT)
+        (core,) = ps.step([core], *args, out=[frame], h0=[press[0]])
+        (ref,) = ps._reference_step([ref], *args, h0=[press[0]])
         assert same(core.centres, ref.centres) and same(frame, ref.voxelize(NZ)), f"step {t}"
     assert not np.array_equal(core.centres, s["p"].centres)
 
 
 def test_a_batch_of_three_equals_three_single_steps():
-    cases, press, stages, cds = [], [], [], []
+    cases, press, stages, cds, h0 = [], [], [], [], []
     for name, t in (("ms1_cd20", 4), ("ms3_cd50", 17), ("ms6_cd47.4", 22)):
         s = series(name)
         t = min(t, len(s["press"]) - 2)
@@ -93,17 +93,18 @@ def test_a_batch_of_three_equals_three_single_steps():
         press.append((s["press"][max(t - 1, 0)], s["press"][t], s["press"][t + 1]))
         stages.append(s["stage"][t + 1])
         cds.append(s["cd"])
+        h0.append(s["press"][0])
     assert len(set(stages)) > 1
     # the network runs the joined graph in parts cut where no edge crosses: here its three cases
     residual_of = ps.onnx_residual(MODEL, workers=2)
     graph = ps.features(cases, press, stages, cds)[:4]
     assert ps._cuts(graph[2], graph[3], len(graph[0]), ps.PART_SPHERES) == [cases[0].n, cases[0].n + cases[1].n]
     frames = [np.empty(p.grid(NZ), dtype=np.uint8) for p in cases]
-    batch = ps.step(cases, press, stages, cds, residual_of, TOLERANCE, out=frames)
-    ref = ps._reference_step(cases, press, stages, cds, residual_of, TOLERANCE)
+    batch = ps.step(cases, press, stages, cds, residual_of, ps.SOFT, out=frames, h0=h0)
+    ref = ps._reference_step(cases, press, stages, cds, residual_of, ps.SOFT, h0=h0)
     for k in range(3):
         one = np.empty_like(frames[k])
-        (single,) = ps.step([cases[k]], [press[k]], [stages[k]], [cds[k]], residual_of, TOLERANCE, out=[one])
+        (single,) = ps.step([cases[k]], [press[k]], [stages[k]], [cds[k]], residual_of, ps.SOFT, out=[one], h0=[h0[k]])
         assert same(batch[k].centres, single.centres) and same(frames[k], one)
         assert same(batch[k].centres, ref[k].centres) and same(frames[k], ref[k].voxelize(NZ))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from calbatch.errors import CalbatchError
-from calbatch.surrogate.particle_step import TOLERANCE_UM
+from calbatch.surrogate.particle_step import SOFT
 from conftest import assert_one_line_error, particle_volume, run_cli
 
 pytest.importorskip("onnxruntime")
@@ -59,7 +59,7 @@ def test_a_particle_model_opens_through_the_frame_models_door():
     s, p = Stepper(MODEL), Predictor(MODEL)
     assert type(s) is ParticleStepper and isinstance(p, Predictor) and isinstance(p, ParticleStepper)
     assert s.model.kind is Kind.PARTICLES and s.model.cd_range == (20.0, 50.0)
-    assert s.tolerance == TOLERANCE_UM
+    assert s.tolerance == SOFT  # the walls and the projection follow the press
     assert type(Predictor(FRAME_MODEL)) is Predictor and not Stepper(FRAME_MODEL).steps_particles
 
 
@@ -242,7 +242,9 @@ def test_a_model_of_the_other_kind_is_one_line(tmp_path, series20):
     for name, meta, fragment in (("kind.onnx", {"kind": "particles"}, "are not a particles model's"),
                                  ("cut.onnx", {"cutoff_um": "0.7"}, "'cutoff_um' 0.7"),
                                  ("feat.onnx", {"node_features": json.dumps(["z"])}, "'node_features'"),
-                                 ("tol.onnx", {"tolerance_um": json.dumps({"AM-AM": 1})}, "'tolerance_um'")):
+                                 ("tol.onnx", {"tolerance_um": json.dumps({"AM-AM": 1})}, "'tolerance_um'"),
+                                 ("soft.onnx", {"softness": json.dumps({"table": [[0, 1, 1, 1, 1]], "detach_percent": 32.0})},
+                                  "'softness'")):
         bad = model_with(tmp_path / name, FRAME_MODEL if name == "kind.onnx" else MODEL, **meta)
         proc = run_cli("rollout", bad, "example", "--cd", "20", "--out", tmp_path / "r.h5")
         assert_one_line_error(proc, fragment)

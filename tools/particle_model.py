@@ -16,10 +16,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from calbatch.electrode.metrics import measure
-from calbatch.electrode.particles import minimum_image
 from calbatch.model.dataset import split
-from calbatch.model.particle_data import batch, load_particle_file, sample
+from calbatch.model.particle_data import batch, load_particle_file, sample, score_series
 from calbatch.model.particle_train import ParticleOptions, export, train
 from calbatch.surrogate.particle_step import onnx_residual, rollout, step
 
@@ -35,33 +33,19 @@ def the_split() -> dict:
     return {k: [i.path for i in v] for k, v in split(infos).items()}
 
 
-def r2(got: np.ndarray, want: np.ndarray) -> float:
-    return float(1 - np.mean((got.astype(float) - want) ** 2) / np.var(want.astype(float)))
-
-
-def score(model: Path, files: list[Path], tolerance: dict | None) -> list[dict]:
+def score(model: Path, files: list[Path], tolerance: dict | str | None) -> list[dict]:
     """Free rollouts from frame 0 (and teacher-forced single steps) against the DEM, per series."""
     residual_of, rows = onnx_residual(model), []
     for f in files:
         s = load_particle_file(f)
-        p, nz, box = s["p"], 125, np.asarray(s["p"].box)
-        sched = {"press_z_um": s["press"], "phase": s["stage"]}
-        traj = rollout(p, sched, s["cd"], residual_of, tolerance)
-        frames = [replace(p, centres=x).voxelize(nz) for x in traj]
-        dem = [replace(p, centres=x).voxelize(nz) for x in s["pos"]]
+        p, nz = s["p"], 125
+        traj = rollout(p, {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], residual_of, tolerance)
         forced = [step([replace(p, centres=s["pos"][t])], [(s["press"][max(t - 1, 0)], s["press"][t], s["press"][t + 1])],
-                       [s["stage"][t + 1]], [s["cd"]], residual_of, tolerance)[0].voxelize(nz) for t in range(len(traj) - 1)]
-        mg, mw = measure(frames[-1], p.voxel_size), measure(dem[-1], p.voxel_size)
-        dd = minimum_image(traj[-1] - s["pos"][-1], box)
-        drift = np.linalg.norm(dd, axis=1)
-        am = [100 * (np.sum(g == 2) - np.sum(w == 2)) / np.sum(w == 2) for g, w in zip(frames, dem)]
-        per_frame = [r2(g, w) for g, w in zip(frames[1:], dem[1:])]
-        rows.append({"series": f.stem, "porosity_err_pct": 100 * (mg["porosity"] - mw["porosity"]) / mw["porosity"],
-                     "thickness_err_vox": (mg["thickness_um"] - mw["thickness_um"]) / p.voxel_size,
-                     "am_err_pct": am[-1], "am_err_worst_frame_pct": float(max(am, key=abs)),
-                     "drift_median_um": float(np.median(drift)), "drift_p90_um": float(np.percentile(drift, 90)),
-                     "r2": per_frame[-1], "r2_mean": float(np.mean(per_frame)), "r2_worst": float(np.min(per_frame)),
-                     "r2_forced_mean": float(np.mean([r2(g, w) for g, w in zip(forced, dem[1:])]))})
+                       [s["stage"][t + 1]], [s["cd"]], residual_of, tolerance, h0=[s["press"][0]])[0].voxelize(nz)
+                  for t in range(len(traj) - 1)]
+        dem = [replace(p, centres=x).voxelize(nz) for x in s["pos"][1:]]
+        r2 = [1 - np.mean((g.astype(float) - w) ** 2) / np.var(w.astype(float)) for g, w in zip(forced, dem)]
+        rows.append({"series": f.stem, **score_series(s, traj), "r2_forced_mean": float(np.mean(r2))})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 

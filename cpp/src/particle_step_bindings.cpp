@@ -69,10 +69,12 @@ Spheres gather(const py::list& centres, const py::list& radii, const py::list& p
 py::tuple features(const py::list& centres, const py::list& radii, const py::list& phases, const F64Array& boxes,
                    const F64Array& press, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& stage,
                    const F64Array& cd, double cutoff, double z_scale, double length_scale, double overlap_scale,
-                   double gap_low, double gap_high, double cd_scale, double prior_scale, int stages, int press_stage,
-                   uint8_t am, uint8_t cbd) {
-    const calbatch::FeatureSettings set{cutoff,   z_scale,     length_scale, overlap_scale, gap_low, gap_high,
-                                        cd_scale, prior_scale, stages,       press_stage,   am,      cbd};
+                   double gap_low, double gap_high, double cd_scale, double prior_scale, double top_share, double stored_scale,
+                   int stages, int press_stage, uint8_t am, uint8_t cbd) {
+    if (!(top_share >= 0.0 && top_share < 1.0)) throw std::invalid_argument("top_share must be in [0, 1)");
+    const calbatch::FeatureSettings set{cutoff,      z_scale,   length_scale, overlap_scale, gap_low,
+                                        gap_high,    cd_scale,  prior_scale,  top_share,     stored_scale,
+                                        stages,      press_stage, am,         cbd};
     const Spheres s = gather(centres, radii, phases, boxes, cutoff, std::max(am, cbd));
     const int64_t nb = s.size();
     if (press.ndim() != 2 || press.shape(0) != nb || press.shape(1) != 3 || stage.ndim() != 1 || stage.shape(0) != nb ||
@@ -129,7 +131,7 @@ py::tuple features(const py::list& centres, const py::list& radii, const py::lis
 // Every case's next positions (new arrays); each voxel frame into out[b] when out is given.
 py::list advance(const py::list& centres, const py::list& radii, const py::list& phases, const F64Array& boxes,
                  const F64Array& prior, const F64Array& residual, const F64Array& press_next, double max_residual,
-                 double collector_wall, double press_wall, const py::object& tolerance, int iterations,
+                 double collector_wall, const F64Array& press_wall, const py::object& tolerance, int iterations,
                  const F64Array& voxel_size, const py::object& out) {
     const Spheres s = gather(centres, radii, phases, boxes, 0.0, calbatch::kPhaseTable - 1);
     const int64_t nb = s.size(), n_all = s.first[nb];
@@ -137,16 +139,17 @@ py::list advance(const py::list& centres, const py::list& radii, const py::list&
         if (a->ndim() != 2 || a->shape(0) != n_all || a->shape(1) != 3)
             throw std::invalid_argument("prior and residual must have shape (" + std::to_string(n_all) +
                                         ", 3): every particle of the batch");
-    if (press_next.ndim() != 1 || press_next.shape(0) != nb || voxel_size.ndim() != 1 || voxel_size.shape(0) != nb)
-        throw std::invalid_argument("press_next and voxel_size must have one entry per case");
+    if (press_next.ndim() != 1 || press_next.shape(0) != nb || voxel_size.ndim() != 1 || voxel_size.shape(0) != nb ||
+        press_wall.ndim() != 1 || press_wall.shape(0) != nb)
+        throw std::invalid_argument("press_next, press_wall and voxel_size must have one entry per case");
     F64Array table;
+    constexpr int64_t kTable = calbatch::kPhaseTable * calbatch::kPhaseTable;
     if (!tolerance.is_none()) {
         table = tolerance.cast<F64Array>();
-        if (table.ndim() != 2 || table.shape(0) != calbatch::kPhaseTable || table.shape(1) != calbatch::kPhaseTable)
-            throw std::invalid_argument("tolerance must have shape (3, 3), indexed by phase code");
+        if (table.ndim() != 3 || table.shape(0) != nb || table.shape(1) != calbatch::kPhaseTable ||
+            table.shape(2) != calbatch::kPhaseTable)
+            throw std::invalid_argument("tolerance must have shape (cases, 3, 3), indexed by phase code");
     }
-    const calbatch::AdvanceSettings set{max_residual, collector_wall, press_wall,
-                                        tolerance.is_none() ? nullptr : table.data(), iterations};
     std::vector<uint8_t*> frames(nb, nullptr);
     std::vector<int64_t> shape(3 * nb, 0);
     if (!out.is_none()) {
@@ -178,6 +181,8 @@ py::list advance(const py::list& centres, const py::list& radii, const py::list&
         for (int64_t b = 0; b < nb; ++b) {
             const int64_t i0 = s.first[b];
             const double lx = s.box[2 * b], ly = s.box[2 * b + 1];
+            const calbatch::AdvanceSettings set{max_residual, collector_wall, press_wall.data()[b],
+                                                tolerance.is_none() ? nullptr : table.data() + kTable * b, iterations};
             finite[b] = calbatch::step_advance(dst[b], s.r[b].data(), s.ph[b].data(), s.n[b], lx, ly, press_next.data()[b],
                                                prior.data() + 3 * i0, residual.data() + 3 * i0, set);
             if (finite[b] && frames[b])
@@ -201,9 +206,10 @@ void bind_particle_step(py::module_& m) {
     m.def("particle_step_features", &features, py::arg("centres"), py::arg("radii"), py::arg("phases"),
           py::arg("boxes"), py::arg("press"), py::arg("stage"), py::arg("cd"), py::kw_only(), py::arg("cutoff"),
           py::arg("z_scale"), py::arg("length_scale"), py::arg("overlap_scale"), py::arg("gap_low"),
-          py::arg("gap_high"), py::arg("cd_scale"), py::arg("prior_scale"), py::arg("stages"), py::arg("press_stage"),
-          py::arg("am"), py::arg("cbd"),
-          "The network's inputs for a batch (cases in parallel), joined: node features (N, 11 + stages) float32,"
+          py::arg("gap_high"), py::arg("cd_scale"), py::arg("prior_scale"), py::arg("top_share"), py::arg("stored_scale"),
+          py::arg("stages"),
+          py::arg("press_stage"), py::arg("am"), py::arg("cbd"),
+          "The network's inputs for a batch (cases in parallel), joined: node features (N, 12 + stages) float32,"
           " edge features (E, 9) float32 (each case's pairs within the cutoff i -> j, then j -> i), senders and"
           " receivers (E,) int32 numbered across the batch, the press's affine prior (N, 3) um.");
     m.def("particle_step_advance", &advance, py::arg("centres"), py::arg("radii"), py::arg("phases"),
@@ -211,6 +217,7 @@ void bind_particle_step(py::module_& m) {
           py::arg("max_residual"), py::arg("collector_wall"), py::arg("press_wall"), py::arg("tolerance"),
           py::arg("iterations"), py::arg("voxel_size"), py::arg("out") = py::none(),
           "Every case's next positions (cases in parallel): x + prior + the residual capped at max_residual, z"
-          " clipped to [r - collector_wall, press_next - r + press_wall], then (tolerance (3, 3) not None) the"
-          " overlap projection with the press at press_next + press_wall; each voxel frame written into out[b].");
+          " clipped to [r - collector_wall, press_next - r + press_wall] (per case), then (tolerance (cases, 3, 3)"
+          " not None) the overlap projection with the press at press_next + press_wall; each voxel frame written"
+          " into out[b].");
 }

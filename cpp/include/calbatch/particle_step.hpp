@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 #include "calbatch/neighbours.hpp"
 #include "calbatch/project.hpp"
@@ -22,9 +24,11 @@ struct FeatureSettings {
     double overlap_scale;            // overlap r_i + r_j - d / overlap_scale
     double gap_low, gap_high;        // the press and collector gaps clipped to [gap_low, gap_high]
     double cd_scale, prior_scale;    // cd / cd_scale, prior dz / prior_scale
+    double top_share;                // the bed's top: the highest sphere top below which all but this share lie
+    double stored_scale;             // the bed's AM-AM overlap per sphere / stored_scale
     int stages, press_stage;         // one-hot stage columns; the stage in which the press squeezes
     uint8_t am, cbd;                 // phase codes
-    int node_features() const { return 11 + stages; }
+    int node_features() const { return 12 + stages; }
 };
 
 // One case of a step: its spheres, periodic box, press (previous, now, next), next stage and CD.
@@ -45,12 +49,28 @@ struct StepCase {
 inline void step_features(const StepCase& c, const FeatureSettings& s, const Pairs& pairs, int32_t first, float* node,
                           float* edge, int32_t* snd, int32_t* rcv, double* prior) {
     const int64_t n = c.n;
-    double top = -INFINITY;
-    for (int64_t i = 0; i < n; ++i) top = std::max(top, c.x[3 * i + 2] + c.radii[i]);
+    // the k-th highest sphere top: a few spheres standing proud of the bed do not start the squeeze early
+    std::vector<double> tops(n);
+    for (int64_t i = 0; i < n; ++i) tops[i] = c.x[3 * i + 2] + c.radii[i];
+    const int64_t k = std::max<int64_t>(1, int64_t(double(n) * s.top_share));
+    std::nth_element(tops.begin(), tops.begin() + (k - 1), tops.end(), std::greater<double>());
+    const double top = tops[k - 1];
     const bool squeezed = c.stage == s.press_stage && c.press_next < top;
     const double squeeze = c.press_next / std::min(c.press_now, top) - 1.0;
     const double move = c.press_next - c.press_now, last_move = c.press_now - c.press_prev;
     const double cd = c.cd / s.cd_scale, below_press = c.press_now - top;
+    // what the bed holds under the press: its AM-AM overlap per sphere, summed pair by pair in order
+    // (numpy's cumsum), which sets how far it springs back when the press lets go
+    const size_t m = pairs.ij.size() / 2;
+    double stored = 0.0;
+    for (size_t q = 0; q < m; ++q) {
+        const int64_t a = pairs.ij[2 * q], b = pairs.ij[2 * q + 1];
+        if (c.phases[a] != s.am || c.phases[b] != s.am) continue;
+        const double d0 = pairs.delta[3 * q], d1 = pairs.delta[3 * q + 1], d2 = pairs.delta[3 * q + 2];
+        const double overlap = c.radii[a] + c.radii[b] - std::sqrt(d0 * d0 + d1 * d1 + d2 * d2);
+        if (overlap > 0.0) stored = stored + overlap;
+    }
+    stored = stored / double(n) / s.stored_scale;
     const int width = s.node_features();
     auto clip = [&](double v) { return std::min(std::max(v, s.gap_low), s.gap_high); };
     for (int64_t i = 0; i < n; ++i) {
@@ -71,8 +91,8 @@ inline void step_features(const StepCase& c, const FeatureSettings& s, const Pai
         row[k++] = float(cd);
         row[k++] = float(pz / s.prior_scale);
         row[k++] = float(below_press);
+        row[k++] = float(stored);
     }
-    const size_t m = pairs.ij.size() / 2;
     for (size_t q = 0; q < m; ++q) {
         for (int way = 0; way < 2; ++way) {  // x_receiver - x_sender: delta forwards, -delta backwards
             const size_t e = way * m + q;

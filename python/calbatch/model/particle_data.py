@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..electrode.particles import checked, minimum_image
+from ..electrode.volume import AM
 from ..errors import CalbatchError
 from ..surrogate.particle_step import MAX_RESIDUAL_UM, graph, rollout, step
 
@@ -61,13 +62,13 @@ def sample(s: dict, t: int, rng: np.random.Generator, noise_um: float, start: np
     return node, edge, snd, rcv, target.astype(np.float32)
 
 
-def free_rollouts(series: list[dict], residual_of, tolerance: dict[str, float]) -> list[np.ndarray]:
+def free_rollouts(series: list[dict], residual_of, tolerance: dict[str, float] | str) -> list[np.ndarray]:
     """Every series rolled out freely from its frame 0: positions (frames, n, 3) each."""
     return [rollout(s["p"], {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], residual_of, tolerance)
             for s in series]
 
 
-def pushforward_states(s: dict, steps: int, residual_of, tolerance: dict[str, float]) -> dict[int, list[np.ndarray]]:
+def pushforward_states(s: dict, steps: int, residual_of, tolerance: dict[str, float] | str) -> dict[int, list[np.ndarray]]:
     """The model's own states of one series: from every DEM frame t0, ``steps`` steps (all starts
     in one batch); returns {t: [positions reached at t, one per start that reached it]}."""
     press, stage, frames = s["press"], s["stage"], len(s["press"])
@@ -80,35 +81,48 @@ def pushforward_states(s: dict, steps: int, residual_of, tolerance: dict[str, fl
             break
         ts = [t0 + k - 1 for t0, _ in live]
         moved = step([c for _, c in live], [(press[max(t - 1, 0)], press[t], press[t + 1]) for t in ts],
-                     [stage[t + 1] for t in ts], [s["cd"]] * len(ts), residual_of, tolerance)
+                     [stage[t + 1] for t in ts], [s["cd"]] * len(ts), residual_of, tolerance, h0=[press[0]] * len(ts))
         starts, cases = [t0 for t0, _ in live], moved
         for t, c in zip(ts, moved):
             out.setdefault(t + 1, []).append(c.centres)
     return out
 
 
-def rollout_score(series: list[dict], trajectories: list[np.ndarray]) -> dict:
-    """How far free rollouts end from the DEM: mean over series of the final frame's R2 per voxel,
-    |porosity error| (%), |thickness error| (voxels) and median particle drift (um)."""
+def score_series(s: dict, trajectory: np.ndarray) -> dict:
+    """How far one free rollout (positions (frames, n, 3)) is from its DEM series: R2 per voxel per
+    frame (final, mean, worst), the final frame's porosity and thickness errors (signed, % and
+    voxels), the AM volume's error (final and worst frame, %) and every particle's final drift
+    (median and 90th percentile, um)."""
     from ..electrode.metrics import measure
 
-    rows = []
-    for s, traj in zip(series, trajectories):
-        p, nz = s["p"], 125
-        got, want = replace(p, centres=traj[-1]).voxelize(nz), replace(p, centres=s["pos"][-1]).voxelize(nz)
-        mg, mw = measure(got, p.voxel_size), measure(want, p.voxel_size)
-        dd = minimum_image(traj[-1] - s["pos"][-1], p.box)
-        rows.append([1 - np.mean((got.astype(float) - want) ** 2) / np.var(want.astype(float)),
-                     100 * abs(mg["porosity"] - mw["porosity"]) / mw["porosity"],
-                     abs(mg["thickness_um"] - mw["thickness_um"]) / p.voxel_size, np.median(np.linalg.norm(dd, axis=1))])
-    r2, por, thick, drift = np.mean(rows, axis=0)
-    return {"r2": float(r2), "porosity_pct": float(por), "thickness_vox": float(thick), "drift_um": float(drift)}
+    p, nz = s["p"], 125
+    got = [replace(p, centres=x).voxelize(nz) for x in trajectory]
+    want = [replace(p, centres=x).voxelize(nz) for x in s["pos"]]
+    r2 = [1 - np.mean((g.astype(float) - w) ** 2) / np.var(w.astype(float)) for g, w in zip(got[1:], want[1:])]
+    am = [100 * (np.sum(g == AM) - np.sum(w == AM)) / np.sum(w == AM) for g, w in zip(got, want)]
+    mg, mw = measure(got[-1], p.voxel_size), measure(want[-1], p.voxel_size)
+    drift = np.linalg.norm(minimum_image(trajectory[-1] - s["pos"][-1], p.box), axis=1)
+    return {"r2": float(r2[-1]), "r2_mean": float(np.mean(r2)), "r2_worst": float(np.min(r2)),
+            "porosity_err_pct": float(100 * (mg["porosity"] - mw["porosity"]) / mw["porosity"]),
+            "thickness_err_vox": float((mg["thickness_um"] - mw["thickness_um"]) / p.voxel_size),
+            "am_err_pct": float(am[-1]), "am_err_worst_frame_pct": float(max(am, key=abs)),
+            "drift_median_um": float(np.median(drift)), "drift_p90_um": float(np.percentile(drift, 90))}
+
+
+def rollout_score(series: list[dict], trajectories: list[np.ndarray]) -> dict:
+    """Free rollouts against the DEM in brief (what picks the best epoch): mean over series of the
+    final frame's R2 per voxel, |porosity error| (%), |thickness error| (voxels) and median drift (um)."""
+    rows = [score_series(s, t) for s, t in zip(series, trajectories)]
+    keys = {"r2": "r2", "porosity_pct": "porosity_err_pct", "thickness_vox": "thickness_err_vox",
+            "drift_um": "drift_median_um"}
+    return {k: float(np.mean([abs(r[v]) for r in rows])) for k, v in keys.items()}
 
 
 def batch(graphs: list[tuple]) -> tuple:
-    """Graphs joined into one, their node indices offset."""
+    """Graphs joined into one, their node indices offset; last, each node's graph (int32)."""
     offsets = np.cumsum([0] + [len(g[0]) for g in graphs[:-1]])
     return (np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
             np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
             np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
-            np.concatenate([g[4] for g in graphs]))
+            np.concatenate([g[4] for g in graphs]),
+            np.concatenate([np.full(len(g[0]), k, np.int32) for k, g in enumerate(graphs)]))

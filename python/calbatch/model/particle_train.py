@@ -8,7 +8,7 @@ training also steps from the model's own states 1..k steps after every DEM frame
 ``refresh_every`` epochs) towards the DEM's next frame, so it learns to undo the drift it makes
 itself, and the best weights are chosen by free rollouts of the validation series from frame 0.
 Sums over a sphere's pairs are ``tensor_scatter_nd_add`` (ONNX ScatterND with reduction add). Resumable: ``OUT/state.json`` and the
-last and best weights.
+last and best weights (and the moving average's, with ``ema``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,19 @@ import numpy as np
 
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
-from ..surrogate.particle_step import EDGE_FEATURES, NODE_FEATURES, OUTPUT_SCALE_UM, TOLERANCE_UM
+from ..surrogate.particle_step import (
+    DETACH_PERCENT,
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    OUTPUT_SCALE_UM,
+    SOFT,
+    SOFTNESS,
+    TOLERANCE_UM,
+    Z_SCALE_UM,
+)
 from .particle_data import batch, free_rollouts, load_particle_file, pushforward_states, rollout_score, sample, windows
+
+SLAB_UM, SLABS = 4.0, 16  # the slab loss's slabs: z in [0, 4), [4, 8), ... um, the last open above
 
 
 @dataclass
@@ -40,14 +51,31 @@ class ParticleOptions:
     seed: int = 0
     pushforward: int = 0  # steps the model takes from each DEM frame to make its own training states
     refresh_every: int = 3
-    tol_cbd_cbd: float = TOLERANCE_UM["CBD-CBD"]  # the projection's tolerance per pair type (um)
+    contacts: str = "fixed"  # the projection and the press wall: "fixed" (the tol_* below) or "soft" (following the press)
+    train_contacts: str = ""  # those of the pushforward states, if not ``contacts`` (which the validation and the model use)
+    tol_cbd_cbd: float = TOLERANCE_UM["CBD-CBD"]  # the projection's fixed tolerance per pair type (um)
     tol_am_cbd: float = TOLERANCE_UM["AM-CBD"]
     tol_am_am: float = TOLERANCE_UM["AM-AM"]
     init: str = ""  # weights to start from (a run with the same network)
     pair_weight: float = 0.0  # weight of the loss on every pair's relative move (what sets the overlaps)
+    slab_weight: float = 0.0  # weight of the loss on the mean move of each slab of a case (what the voxels show)
+    ema: float = 0.0  # decay of the weights' moving average, which is what is scored and kept (0: none)
 
     @property
-    def tolerance(self) -> dict[str, float]:
+    def tolerance(self) -> dict[str, float] | str:
+        """The projection's tolerance the model runs with (:func:`calbatch.surrogate.particle_step.step`)."""
+        return self._contacts(self.contacts)
+
+    @property
+    def train_tolerance(self) -> dict[str, float] | str:
+        """The one its pushforward states are made with."""
+        return self._contacts(self.train_contacts or self.contacts)
+
+    def _contacts(self, kind: str) -> dict[str, float] | str:
+        if kind not in ("fixed", SOFT):
+            raise CalbatchError(f"contacts: 'fixed' or '{SOFT}', got {kind!r}")
+        if kind == SOFT:
+            return SOFT
         return {"CBD-CBD": self.tol_cbd_cbd, "AM-CBD": self.tol_am_cbd, "AM-AM": self.tol_am_am}
 
 
@@ -103,6 +131,15 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     val_batches = [batch([sample(s, t, rng, 0.0) for s, t in va[k:k + opts.batch]]) for k in range(0, len(va), opts.batch)]
     model, opt = build(opts), tf.keras.optimizers.Adam(opts.lr)
     model(*(tf.constant(x) for x in val_batches[0][:4]))
+    average = [tf.Variable(v, trainable=False) for v in model.trainable_variables]
+
+    def swap():  # the trained weights <-> their moving average (scored, kept, stepped with)
+        if opts.ema > 0:
+            for a, v in zip(average, model.trainable_variables):
+                held = v.numpy()
+                v.assign(a)
+                a.assign(held)
+
     state_file, pool_file = out / "state.json", out / "pool.npz"
     state = {"options": asdict(opts), "epoch": 0, "log": [], "best": None}
     if state_file.exists():
@@ -112,25 +149,40 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
             raise CalbatchError(f"{out}: resumed with other options than {state_file} holds; start a new folder")
         state["options"] = asdict(opts)
         model.load_weights(out / "last.weights.h5")
+        if opts.ema > 0:
+            swap()
+            model.load_weights(out / "average.weights.h5")
+            swap()
     elif opts.init:
-        model.load_weights(opts.init)
+        start_from(model, Path(opts.init), opts)
+        for a, v in zip(average, model.trainable_variables):
+            a.assign(v)
     pool: list[tuple[int, int, np.ndarray]] = []  # (series, frame, the model's own state there)
     if pool_file.exists():
         with np.load(pool_file) as z:
             pool = [(int(i), int(t), x) for i, t, x in zip(z["series"], z["frame"], z["centres"])]
-    spec = (*signature(), tf.TensorSpec([None, 3], tf.float32))
+    spec = (*signature(), tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.int32))
 
-    def loss_of(n, e, s, r, y):
+    def loss_of(n, e, s, r, y, case):
         err = (model(n, e, s, r) - y) / OUTPUT_SCALE_UM
         # a pair's gap moves by the difference of its spheres' errors: the overlaps and the pores follow it
         pair = tf.gather(err, r) - tf.gather(err, s)
-        return tf.reduce_mean(tf.square(err)) + opts.pair_weight * tf.reduce_mean(tf.square(pair))
+        # a slab's mean error is its porosity's drift: one sphere's error averages out, a slab's bias does not
+        slab = tf.clip_by_value(tf.cast(n[:, 0] * (Z_SCALE_UM / SLAB_UM), tf.int32), 0, SLABS - 1)
+        segments = (tf.reduce_max(case) + 1) * SLABS
+        mean = tf.math.unsorted_segment_mean(err, case * SLABS + slab, segments)
+        filled = tf.reduce_sum(tf.cast(tf.math.unsorted_segment_sum(tf.ones_like(slab), case * SLABS + slab, segments) > 0,
+                                       tf.float32))
+        return (tf.reduce_mean(tf.square(err)) + opts.pair_weight * tf.reduce_mean(tf.square(pair))
+                + opts.slab_weight * tf.reduce_sum(tf.square(mean)) / filled)
 
     @tf.function(input_signature=spec)
-    def train_step(n, e, s, r, y):
+    def train_step(n, e, s, r, y, case):
         with tf.GradientTape() as tape:
-            loss = loss_of(n, e, s, r, y)
+            loss = loss_of(n, e, s, r, y, case)
         opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        for a, v in zip(average, model.trainable_variables):
+            a.assign(opts.ema * a + (1.0 - opts.ema) * v)
         return loss
 
     val_step = tf.function(loss_of, input_signature=spec)
@@ -141,7 +193,12 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
 
     def prior_loss(b):  # the loss of a network that adds nothing to the prior
         y = b[4] / OUTPUT_SCALE_UM
-        return np.mean(np.square(y)) + opts.pair_weight * np.mean(np.square(y[b[3]] - y[b[2]]))
+        slab = np.clip((b[0][:, 0] * (Z_SCALE_UM / SLAB_UM)).astype(np.int32), 0, SLABS - 1)
+        seg = b[5] * SLABS + slab
+        means = np.stack([np.bincount(seg, weights=y[:, k]) for k in range(3)], 1)[np.unique(seg)] \
+            / np.bincount(seg)[np.unique(seg), None]
+        return (np.mean(np.square(y)) + opts.pair_weight * np.mean(np.square(y[b[3]] - y[b[2]]))
+                + opts.slab_weight * np.sum(np.square(means)) / len(means))
 
     prior_only = float(np.mean([prior_loss(b) for b in val_batches]))
     index = {id(s): k for k, s in enumerate(train_series)}
@@ -150,9 +207,11 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
         rolled = opts.pushforward > 0
         if rolled and (not pool or epoch % opts.refresh_every == 0):
             keep = {(index[id(s)], t) for s, t in tr}
+            swap()
             pool = [(i, t, x) for i, s in enumerate(train_series)
-                    for t, xs in pushforward_states(s, opts.pushforward, residual_of, opts.tolerance).items()
+                    for t, xs in pushforward_states(s, opts.pushforward, residual_of, opts.train_tolerance).items()
                     for x in xs if (i, t) in keep and t < len(s["press"]) - 1]
+            swap()
             tmp = out / ".pool.tmp.npz"
             np.savez(tmp, series=np.array([i for i, _, _ in pool]), frame=np.array([t for _, t, _ in pool]),
                      centres=np.stack([x for _, _, x in pool]))
@@ -162,16 +221,20 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
         for k in range(0, len(order), opts.batch):
             b = batch([sample(*items[i][:2], erng, opts.noise_um, items[i][2]) for i in order[k:k + opts.batch]])
             losses.append(float(train_step(*(tf.constant(x) for x in b))))
+        _save(model, out / "last.weights.h5")
+        swap()  # scored and kept: the moving average
         val = float(np.mean([float(val_step(*(tf.constant(x) for x in b))) for b in val_batches]))
         row = {"epoch": epoch + 1, "train": float(np.mean(losses)), "val": val, "val_prior_only": prior_only}
         # with rollouts in training, the best weights are those whose free rollouts end nearest the DEM
         if rolled:
             row["val_rollout"] = rollout_score(val_series, free_rollouts(val_series, residual_of, opts.tolerance))
         merit = -row["val_rollout"]["r2"] if rolled else val
-        model.save_weights(out / "last.weights.h5")
+        if opts.ema > 0:
+            _save(model, out / "average.weights.h5")
         if state["best"] is None or merit < state["best"] or (rolled and not any("val_rollout" in r for r in state["log"])):
             state["best"] = merit
-            model.save_weights(out / "best.weights.h5")
+            _save(model, out / "best.weights.h5")
+        swap()
         state["epoch"] = epoch + 1
         row["seconds"] = time.perf_counter() - start
         state["log"].append(row)
@@ -179,6 +242,36 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
         if progress is not None:
             progress(row)
     return state
+
+
+def start_from(model, path: Path, opts: ParticleOptions) -> None:
+    """``path``'s weights into ``model`` (built): a network that read fewer node features (the
+    feature list has grown at its end) starts the new ones at zero weight, so it computes what it did."""
+    import h5py
+    import tensorflow as tf
+
+    try:
+        with h5py.File(path, "r") as f:
+            read = f["enc_n/layers/dense/vars/0"].shape[0]
+    except (OSError, KeyError) as exc:
+        raise CalbatchError(f"{path}: not the weights of a particle step ({exc})") from None
+    if read == len(NODE_FEATURES):
+        model.load_weights(path)
+        return
+    if read > len(NODE_FEATURES):
+        raise CalbatchError(f"{path}: its network reads {read} node features, this one {len(NODE_FEATURES)}")
+    narrow = build(opts)
+    narrow(tf.zeros([1, read]), tf.zeros([1, len(EDGE_FEATURES)]), tf.zeros([1], tf.int32), tf.zeros([1], tf.int32))
+    narrow.load_weights(path)
+    model.set_weights([np.concatenate([w, np.zeros((v.shape[0] - w.shape[0], *w.shape[1:]), w.dtype)])
+                       if w.shape != tuple(v.shape) else w for w, v in zip(narrow.get_weights(), model.weights)])
+
+
+def _save(model, path: Path) -> None:
+    """Weights written whole or not at all: a crash mid-write leaves the last good file."""
+    tmp = path.with_name(f".tmp.{path.name}")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
 
 
 def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple, series: list[Path]) -> float:
@@ -217,13 +310,14 @@ def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple, se
                                   "sender": "int32 (m,)", "receiver": "int32 (m,)"}),
             "output": kind.output, "node_features": json.dumps(NODE_FEATURES), "edge_features": json.dumps(EDGE_FEATURES),
             "cutoff_um": repr(CUTOFF_UM), "tolerance_um": json.dumps(opts.tolerance),
+            "softness": json.dumps({"table": SOFTNESS, "detach_percent": DETACH_PERCENT}),
             "options": json.dumps(asdict(opts))}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     onnx.save(proto, tmp)
     try:
-        session, read = load_onnx(tmp)
+        session, read = load_onnx(tmp, threads=1)  # ScatterND add races on more (particle_step.residual_runner)
         ModelFile(onnx_path, read, session)  # what the runtime refuses is never written
     except CalbatchError:
         tmp.unlink()

@@ -25,7 +25,7 @@ from ..electrode.particles import PAIR_TYPES
 from ..electrode.schedule import PRESS_SPEED_M_S, STAGES, press_schedule
 from ..electrode.volume import CLASS_CODES, CODE_TO_CLASS, PHASES
 from ..errors import CalbatchError
-from .particle_step import CUTOFF_UM, EDGE_FEATURES, NODE_FEATURES
+from .particle_step import CUTOFF_UM, DETACH_PERCENT, EDGE_FEATURES, NODE_FEATURES, SOFT, SOFTNESS
 
 MODEL_FORMAT = "calbatch-model/1"
 N_PAST = 3  # frames in a network input window
@@ -202,11 +202,18 @@ class ModelFile:
             raise CalbatchError(f"{path}: model metadata 'cutoff_um' {cutoff!r}: calbatch's graph takes pairs within "
                                 f"{CUTOFF_UM:g} um")
         tol = self.entry("tolerance_um")
-        if not (isinstance(tol, dict) and set(tol) == set(PAIR_TYPES)
+        if tol == SOFT:  # the contacts follow the press, as the table the model was trained with
+            ours = {"table": [list(r) for r in SOFTNESS], "detach_percent": DETACH_PERCENT}
+            if self.entry("softness") != ours:
+                raise CalbatchError(f"{path}: model metadata 'softness' {self.meta.get('softness')} differs from "
+                                    f"calbatch's {json.dumps(ours)}: train it again")
+            self.tolerance = SOFT
+        elif not (isinstance(tol, dict) and set(tol) == set(PAIR_TYPES)
                 and all(isinstance(v, (int, float)) and v >= 0 for v in tol.values())):
             raise CalbatchError(f"{path}: model metadata 'tolerance_um' must give an overlap >= 0 um for each of "
-                                f"{', '.join(PAIR_TYPES)}, got {self.meta['tolerance_um']}")
-        self.tolerance = {k: float(v) for k, v in tol.items()}
+                                f"{', '.join(PAIR_TYPES)} (or \"{SOFT}\"), got {self.meta['tolerance_um']}")
+        else:
+            self.tolerance = {k: float(v) for k, v in tol.items()}
         if session is not None:
             shape = session.get_outputs()[0].shape
             if len(shape) != 2 or (isinstance(shape[-1], int) and shape[-1] != 3):

@@ -29,11 +29,16 @@ from ..errors import CalbatchError
 
 CUTOFF_UM = 0.5  # a pair is an edge while its gap is below this
 NODE_FEATURES = ("z/40", "press gap", "collector gap", "r/3", "AM", "CBD", "press move", "last press move",
-                 "press", "release", "relax", "cd/100", "prior dz/0.5", "press - top")
+                 "press", "release", "relax", "cd/100", "prior dz/0.5", "press - bed top", "AM-AM overlap per sphere/0.1")
+# The bed's top is the highest sphere top below which all but this share of the spheres' tops lie:
+# the DEM's pack has a few spheres standing proud of it, and a squeeze started at the highest one
+# moves the whole bed frames before the press reaches it (the prior's error on the DEM's press
+# frames at CD 45-50: mean |dz bias| 0.100 um with the highest sphere, 0.045 with 1 %, 0.108 with 2 %).
+TOP_SHARE = 0.01
 EDGE_FEATURES = ("dx/3", "dy/3", "dz/3", "d/3", "overlap/0.2", "r_sender/3", "r_receiver/3", "AM sender",
                  "AM receiver")
 # The scales the feature names above spell out (fixed with them: a trained network reads them).
-Z_SCALE_UM, LENGTH_SCALE_UM, OVERLAP_SCALE_UM, CD_SCALE = 40.0, 3.0, 0.2, 100.0
+Z_SCALE_UM, LENGTH_SCALE_UM, OVERLAP_SCALE_UM, CD_SCALE, STORED_SCALE_UM = 40.0, 3.0, 0.2, 100.0, 0.1
 WALL_GAP_UM = (-1.0, 4.0)  # the press and collector gaps are clipped to this range
 OUTPUT_SCALE_UM = 0.5  # the network's residual is in units of half a micrometre
 MAX_RESIDUAL_UM = 2.0  # the DEM's fastest spheres (the top, springing back) move 1.8 um a frame
@@ -43,6 +48,20 @@ PRESS_WALL_UM = 1.5  # and the press: the DEM's press is soft, its spheres sink 
 # CD 30 (its spheres rarely overlap deeper; deeper ones in a rollout are drift that eats AM and CBD)
 TOLERANCE_UM = {"CBD-CBD": 0.4, "AM-CBD": 0.6, "AM-AM": 1.0}
 PROJECTION_SWEEPS = 16  # 4 leave a rollout's overlaps twice the DEM's; 16 hold them near the tolerance
+# The DEM's contacts are soft: the deeper the press, the deeper its spheres overlap each other and sink
+# into it. SOFT as the tolerance makes the walls and the projection follow that: per compression (the
+# press's travel, % of the uncalendered top), how far the top sphere sinks into the press and the 99th
+# percentile of the overlaps per pair type (um), measured on the press frames of four training series
+# (ms1 CD 50, ms3 CD 50, ms6 CD 47.4, ms8 CD 49.5; Gaussian bins of 2.5 %). A fixed tolerance (the
+# DEM's at CD 30) held a CD 50 bed 1.5 um into the press and a CD 25 bed's top 1.2 um too high.
+SOFT = "soft"
+SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03), (5.0, 0.08, 0.18, 0.22, 0.09), (10.0, 0.15, 0.23, 0.36, 0.25),
+            (15.0, 0.20, 0.26, 0.44, 0.50), (20.0, 0.24, 0.30, 0.49, 0.79), (25.0, 0.30, 0.35, 0.57, 1.01),
+            (30.0, 0.42, 0.41, 0.64, 1.16), (35.0, 0.61, 0.48, 0.71, 1.31), (40.0, 0.88, 0.56, 0.78, 1.48),
+            (45.0, 1.19, 0.64, 0.86, 1.70), (50.0, 1.46, 0.70, 0.93, 1.88))
+# Once the press turns, the bed keeps the overlaps it had when the press left it (at CD 50 near 32 %
+# compression, where the DEM's 99th percentiles stop falling); a shallower run keeps its deepest.
+DETACH_PERCENT = 32.0
 
 # The network runs a batch in parts of at least this many spheres (a case): a part's tensors stay in
 # the cache, 15-20 % faster than one joined run of 8 cases on this machine.
@@ -50,19 +69,48 @@ PART_SPHERES = 1000
 
 
 def step(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float],
-         residual_of, tolerance: dict[str, float] | None, out: list[np.ndarray] | None = None) -> list[Particles]:
+         residual_of, tolerance: dict[str, float] | str | None, out: list[np.ndarray] | None = None,
+         h0: list[float] | None = None) -> list[Particles]:
     """One step of a batch of cases by one network call: ``press[k]`` is case k's (previous, now,
     next) press height (um), ``stage_next[k]`` the stage of its next frame; the graphs of all cases
     are joined (node indices offset) and ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um moves them.
+    ``tolerance``: the projection's (um per pair type; :data:`SOFT`: following the press, which needs
+    ``h0[k]``, case k's uncalendered top, the press's first height; None: no projection).
     ``out[k]``: case k's next voxel frame is rendered into it (uint8 (nz, ny, nx) on its grid).
     The core does the work of all cases at once, before the network and after it."""
     node, edge, snd, rcv, prior = features(cases, press, stage_next, cd)
     residual = residual_of(node, edge, snd, rcv)
-    return _advance(cases, prior, residual, [pr[2] for pr in press], tolerance, out)
+    walls, tables = contacts(tolerance, press, stage_next, cd, h0)
+    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out)
+
+
+def compression(h0: float, press_next: float, stage_next: str, cd: float) -> float:
+    """How deep the press has squeezed the bed at the next frame (% of the uncalendered top ``h0``),
+    as the contacts feel it: after the press turns, no less than where it left the bed."""
+    c = 100.0 * (h0 - press_next) / h0
+    return c if stage_next == "press" else max(c, min(cd, DETACH_PERCENT))
+
+
+def softness(c: float) -> tuple[float, dict[str, float]]:
+    """The press wall (um a sphere may sink into the press) and the projection's tolerance per pair
+    type at compression ``c`` (%), interpolated in :data:`SOFTNESS`."""
+    table = np.asarray(SOFTNESS)
+    return float(np.interp(c, table[:, 0], table[:, 1])), {
+        name: float(np.interp(c, table[:, 0], table[:, k])) for k, name in ((2, "CBD-CBD"), (3, "AM-CBD"), (4, "AM-AM"))}
+
+
+def contacts(tolerance, press, stage_next, cd, h0) -> tuple[list[float], list[dict[str, float] | None]]:
+    """Each case's press wall and projection tolerance for this step (see :func:`step`)."""
+    if tolerance != SOFT:
+        return [PRESS_WALL_UM] * len(press), [tolerance] * len(press)
+    if h0 is None or len(h0) != len(press):
+        raise CalbatchError(f"step: soft contacts need each case's uncalendered top (h0), got {h0!r}")
+    soft = [softness(compression(h, pr[2], st, c)) for h, pr, st, c in zip(h0, press, stage_next, cd)]
+    return [w for w, _ in soft], [t for _, t in soft]
 
 
 def features(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float]):
-    """What the network reads of a batch (arguments as :func:`step`), joined: node features (N, 14),
+    """What the network reads of a batch (arguments as :func:`step`), joined: node features (N, 15),
     edge features (E, 9) float32, senders and receivers (E,) int32 (each case's pairs within
     :data:`CUTOFF_UM` both ways, numbered across the batch) and the prior displacement (N, 3) um."""
     if not len(cases) == len(press) == len(stage_next) == len(cd):
@@ -77,7 +125,8 @@ def features(cases: list[Particles], press: list[tuple[float, float, float]], st
             np.asarray(press, dtype=np.float64).reshape(len(cases), 3), np.array([STAGES.index(s) for s in stage_next]),
             np.asarray(cd, dtype=np.float64), cutoff=CUTOFF_UM, z_scale=Z_SCALE_UM, length_scale=LENGTH_SCALE_UM,
             overlap_scale=OVERLAP_SCALE_UM, gap_low=WALL_GAP_UM[0], gap_high=WALL_GAP_UM[1], cd_scale=CD_SCALE,
-            prior_scale=OUTPUT_SCALE_UM, stages=len(STAGES), press_stage=STAGES.index("press"), am=AM, cbd=CBD)
+            prior_scale=OUTPUT_SCALE_UM, top_share=TOP_SHARE,
+            stored_scale=STORED_SCALE_UM, stages=len(STAGES), press_stage=STAGES.index("press"), am=AM, cbd=CBD)
     except ValueError as exc:
         raise _refused(cases, exc) from None
 
@@ -89,13 +138,14 @@ def graph(p: Particles, press_now: float, press_next: float, press_prev: float, 
 
 
 def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
-            tolerance: dict[str, float] | None) -> Particles:
+            tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM) -> Particles:
     """The next state: prior + residual (capped at :data:`MAX_RESIDUAL_UM` a sphere), the collector
-    and the press as hard walls, overlaps deeper than ``tolerance`` (um per pair type) pushed apart."""
-    return _advance([p], prior, residual, [press_next], tolerance, None)[0]
+    and the press (``press_wall`` um soft) as hard walls, overlaps deeper than ``tolerance`` (um per
+    pair type) pushed apart."""
+    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None)[0]
 
 
-def _advance(cases, prior, residual, press_next, tolerance, out) -> list[Particles]:
+def _advance(cases, prior, residual, press_next, walls, tolerances, out) -> list[Particles]:
     if out is not None:
         if len(out) != len(cases):
             raise CalbatchError(f"step: {len(out)} output frames for {len(cases)} cases")
@@ -107,7 +157,8 @@ def _advance(cases, prior, residual, press_next, tolerance, out) -> list[Particl
             [p.centres for p in cases], [p.radii for p in cases], [p.phases for p in cases], _boxes(cases),
             np.asarray(prior, dtype=np.float64), np.asarray(residual, dtype=np.float64),
             np.asarray(press_next, dtype=np.float64), max_residual=MAX_RESIDUAL_UM, collector_wall=COLLECTOR_WALL_UM,
-            press_wall=PRESS_WALL_UM, tolerance=None if tolerance is None else tolerance_table(tolerance),
+            press_wall=np.asarray(walls, dtype=np.float64),
+            tolerance=None if tolerances[0] is None else np.stack([tolerance_table(t) for t in tolerances]),
             iterations=PROJECTION_SWEEPS, voxel_size=np.array([p.voxel_size for p in cases]), out=out)
     except ValueError as exc:
         raise _refused(cases, exc) from None
@@ -126,15 +177,17 @@ def _refused(cases: list[Particles], exc: ValueError) -> CalbatchError:
     return CalbatchError(f"step: {exc}")
 
 
-def rollout(p0: Particles, schedule: dict, cd: float, residual_of, tolerance: dict[str, float] | None = None,
+def rollout(p0: Particles, schedule: dict, cd: float, residual_of, tolerance: dict[str, float] | str | None = SOFT,
             on_frame=None) -> np.ndarray:
-    """Free rollout from ``p0`` through ``schedule`` (:func:`calbatch.electrode.schedule.press_schedule`):
-    ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um is the network. Returns the positions of every
-    frame (frames, n, 3); ``on_frame(t, particles)`` sees each new frame."""
+    """Free rollout from ``p0`` through ``schedule`` (:func:`calbatch.electrode.schedule.press_schedule`;
+    its first press height is the uncalendered top): ``residual_of(node, edge, snd, rcv)`` -> (n, 3) um
+    is the network. Returns the positions of every frame (frames, n, 3); ``on_frame(t, particles)``
+    sees each new frame."""
     press, stage = np.asarray(schedule["press_z_um"], float), np.asarray(schedule["phase"]).astype(str)
     frames, p = [p0.centres], p0
     for t in range(len(press) - 1):
-        p = step([p], [(press[max(t - 1, 0)], press[t], press[t + 1])], [stage[t + 1]], [cd], residual_of, tolerance)[0]
+        p = step([p], [(press[max(t - 1, 0)], press[t], press[t + 1])], [stage[t + 1]], [cd], residual_of, tolerance,
+                 h0=[press[0]])[0]
         frames.append(p.centres)
         if on_frame is not None:
             on_frame(t + 1, p)
@@ -201,16 +254,21 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
     rcv = np.concatenate([ij[:, 1], ij[:, 0]]).astype(np.int32)
     dx = np.concatenate([delta, -delta])  # x_receiver - x_sender
     z, r, ph = p.centres[:, 2], p.radii, p.phases
-    top = float(np.max(z + r))
+    top = float(np.sort(z + r)[len(z) - max(1, int(len(z) * TOP_SHARE))])
     prior = np.zeros_like(p.centres)
     if stage_next == "press" and press_next < top:
         prior[:, 2] = z * (press_next / min(press_now, top) - 1.0)
+    d = np.linalg.norm(delta, axis=1)
+    am_am = (ph[ij[:, 0]] == AM) & (ph[ij[:, 1]] == AM)
+    overlap = (r[ij[:, 0]] + r[ij[:, 1]] - d)[am_am]
+    stored = np.cumsum(np.concatenate([[0.0], overlap[overlap > 0]]))[-1] / len(z) / STORED_SCALE_UM
     stage = np.zeros((len(z), len(STAGES)))
     stage[:, STAGES.index(stage_next)] = 1
     n = len(z)
     node = np.column_stack([z / 40.0, np.clip(press_now - z - r, -1, 4), np.clip(z - r, -1, 4), r / 3, ph == AM,
                             ph == CBD, np.full(n, press_next - press_now), np.full(n, press_now - press_prev), stage,
-                            np.full(n, cd / 100), prior[:, 2] / OUTPUT_SCALE_UM, np.full(n, press_now - top)])
+                            np.full(n, cd / 100), prior[:, 2] / OUTPUT_SCALE_UM, np.full(n, press_now - top),
+                            np.full(n, stored)])
     d = np.linalg.norm(dx, axis=1)
     edge = np.column_stack([dx / 3, d / 3, (r[snd] + r[rcv] - d) / 0.2, r[snd] / 3, r[rcv] / 3, ph[snd] == AM,
                             ph[rcv] == AM])
@@ -218,22 +276,23 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
 
 
 def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
-                       tolerance: dict[str, float] | None) -> Particles:
+                       tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM) -> Particles:
     size = np.linalg.norm(residual, axis=1, keepdims=True)
     residual = residual * np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
     centres = p.centres + prior + residual
-    centres[:, 2] = np.clip(centres[:, 2], p.radii - COLLECTOR_WALL_UM, press_next - p.radii + PRESS_WALL_UM)
+    centres[:, 2] = np.clip(centres[:, 2], p.radii - COLLECTOR_WALL_UM, press_next - p.radii + press_wall)
     nxt = replace(p, centres=centres)
     if tolerance is not None:
-        nxt, _ = project(nxt, press_next + PRESS_WALL_UM, tolerance, PROJECTION_SWEEPS)
+        nxt, _ = project(nxt, press_next + press_wall, tolerance, PROJECTION_SWEEPS)
     return nxt
 
 
-def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, tolerance) -> list[Particles]:
+def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, tolerance, h0=None) -> list[Particles]:
     graphs = [_reference_graph(p, now, nxt, prev, st, c) for p, (prev, now, nxt), st, c in zip(cases, press, stage_next, cd)]
     offsets = np.cumsum([0] + [p.n for p in cases])
     residual = residual_of(np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
                            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
                            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32))
-    return [_reference_advance(p, g[4], residual[a:b], pr[2], tolerance)
-            for p, g, a, b, pr in zip(cases, graphs, offsets[:-1], offsets[1:], press)]
+    walls, tables = contacts(tolerance, press, stage_next, cd, h0)
+    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w)
+            for p, g, a, b, pr, w, t in zip(cases, graphs, offsets[:-1], offsets[1:], press, walls, tables)]

@@ -214,7 +214,7 @@ class ParticleStepper(Stepper):
             raise CalbatchError(f"step: {b} cases for a batch size of {self.batch_size}")
         press = [(c.press[max(c.t - 1, 0)], c.press[c.t], c.press[c.t + 1]) for c in batch]
         moved = particle_step.step([c.state for c in batch], press, [str(c.stages[c.t + 1]) for c in batch],
-                                   [c.cd for c in batch], self.residual, self.tolerance)
+                                   [c.cd for c in batch], self.residual, self.tolerance, h0=[c.press[0] for c in batch])
         for c, p in zip(batch, moved):
             stored = p.centres.astype(np.float32)
             if not np.isfinite(stored).all():
