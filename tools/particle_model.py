@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from calbatch.electrode.metrics import compare
 from calbatch.model.dataset import split
 from calbatch.model.particle_data import batch, load_particle_file, sample, score_series
 from calbatch.model.particle_train import ParticleOptions, export, train
@@ -44,7 +45,7 @@ def score(model: Path, files: list[Path], tolerance: dict | str | None) -> list[
                        [s["stage"][t + 1]], [s["cd"]], residual_of, tolerance, h0=[s["press"][0]])[0].voxelize(nz)
                   for t in range(len(traj) - 1)]
         dem = [replace(p, centres=x).voxelize(nz) for x in s["pos"][1:]]
-        r2 = [1 - np.mean((g.astype(float) - w) ** 2) / np.var(w.astype(float)) for g, w in zip(forced, dem)]
+        r2 = [compare(w, g)["r2"] for g, w in zip(forced, dem)]
         rows.append({"series": f.stem, **score_series(s, traj), "r2_forced_mean": float(np.mean(r2))})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows

@@ -93,12 +93,12 @@ def score_series(s: dict, trajectory: np.ndarray) -> dict:
     frame (final, mean, worst), the final frame's porosity and thickness errors (signed, % and
     voxels), the AM volume's error (final and worst frame, %) and every particle's final drift
     (median and 90th percentile, um)."""
-    from ..electrode.metrics import measure
+    from ..electrode.metrics import compare, measure
 
     p, nz = s["p"], 125
     got = [replace(p, centres=x).voxelize(nz) for x in trajectory]
     want = [replace(p, centres=x).voxelize(nz) for x in s["pos"]]
-    r2 = [1 - np.mean((g.astype(float) - w) ** 2) / np.var(w.astype(float)) for g, w in zip(got[1:], want[1:])]
+    r2 = [compare(w, g)["r2"] for g, w in zip(got[1:], want[1:])]
     am = [100 * (np.sum(g == AM) - np.sum(w == AM)) / np.sum(w == AM) for g, w in zip(got, want)]
     mg, mw = measure(got[-1], p.voxel_size), measure(want[-1], p.voxel_size)
     drift = np.linalg.norm(minimum_image(trajectory[-1] - s["pos"][-1], p.box), axis=1)

@@ -163,8 +163,8 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
             pool = [(int(i), int(t), x) for i, t, x in zip(z["series"], z["frame"], z["centres"])]
     spec = (*signature(), tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.int32))
 
-    def loss_of(n, e, s, r, y, case):
-        err = (model(n, e, s, r) - y) / OUTPUT_SCALE_UM
+    def objective(pred, n, s, r, y, case):
+        err = (pred - y) / OUTPUT_SCALE_UM
         # a pair's gap moves by the difference of its spheres' errors: the overlaps and the pores follow it
         pair = tf.gather(err, r) - tf.gather(err, s)
         # a slab's mean error is its porosity's drift: one sphere's error averages out, a slab's bias does not
@@ -175,6 +175,9 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
                                        tf.float32))
         return (tf.reduce_mean(tf.square(err)) + opts.pair_weight * tf.reduce_mean(tf.square(pair))
                 + opts.slab_weight * tf.reduce_sum(tf.square(mean)) / filled)
+
+    def loss_of(n, e, s, r, y, case):
+        return objective(model(n, e, s, r), n, s, r, y, case)
 
     @tf.function(input_signature=spec)
     def train_step(n, e, s, r, y, case):
@@ -191,16 +194,9 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
     def residual_of(n, e, s, r):
         return infer(tf.constant(n), tf.constant(e), tf.constant(s), tf.constant(r)).numpy().astype(np.float64)
 
-    def prior_loss(b):  # the loss of a network that adds nothing to the prior
-        y = b[4] / OUTPUT_SCALE_UM
-        slab = np.clip((b[0][:, 0] * (Z_SCALE_UM / SLAB_UM)).astype(np.int32), 0, SLABS - 1)
-        seg = b[5] * SLABS + slab
-        means = np.stack([np.bincount(seg, weights=y[:, k]) for k in range(3)], 1)[np.unique(seg)] \
-            / np.bincount(seg)[np.unique(seg), None]
-        return (np.mean(np.square(y)) + opts.pair_weight * np.mean(np.square(y[b[3]] - y[b[2]]))
-                + opts.slab_weight * np.sum(np.square(means)) / len(means))
-
-    prior_only = float(np.mean([prior_loss(b) for b in val_batches]))
+    # the loss of a network that adds nothing to the prior
+    prior_only = float(np.mean([float(objective(tf.zeros_like(b[4]), *(tf.constant(b[k]) for k in (0, 2, 3, 4, 5))))
+                                for b in val_batches]))
     index = {id(s): k for k, s in enumerate(train_series)}
     for epoch in range(state["epoch"], opts.epochs):
         start, erng = time.perf_counter(), np.random.default_rng(opts.seed * 1000 + epoch)

@@ -52,8 +52,9 @@ PROJECTION_SWEEPS = 16  # 4 leave a rollout's overlaps twice the DEM's; 16 hold 
 # into it. SOFT as the tolerance makes the walls and the projection follow that: per compression (the
 # press's travel, % of the uncalendered top), how far the top sphere sinks into the press and the 99th
 # percentile of the overlaps per pair type (um), measured on the press frames of four training series
-# (ms1 CD 50, ms3 CD 50, ms6 CD 47.4, ms8 CD 49.5; Gaussian bins of 2.5 %). A fixed tolerance (the
-# DEM's at CD 30) held a CD 50 bed 1.5 um into the press and a CD 25 bed's top 1.2 um too high.
+# (ms1 CD 50, ms3 CD 50, ms6 CD 47.4, ms8 CD 49.5; Gaussian bins of 2.5 %). With a fixed tolerance (the
+# DEM's at CD 30) and a 1.5 um press wall, the top spheres of a CD 30 bed (ms5) and the tenth highest of
+# a CD 50 bed (ms2) sat 1.5 um in the press, where the DEM's sink 0.1-0.4 and 0.7 um.
 SOFT = "soft"
 SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03), (5.0, 0.08, 0.18, 0.22, 0.09), (10.0, 0.15, 0.23, 0.36, 0.25),
             (15.0, 0.20, 0.26, 0.44, 0.50), (20.0, 0.24, 0.30, 0.49, 0.79), (25.0, 0.30, 0.35, 0.57, 1.01),
@@ -62,6 +63,7 @@ SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03), (5.0, 0.08, 0.18, 0.22, 0.09), (10.0,
 # Once the press turns, the bed keeps the overlaps it had when the press left it (at CD 50 near 32 %
 # compression, where the DEM's 99th percentiles stop falling); a shallower run keeps its deepest.
 DETACH_PERCENT = 32.0
+_SOFT = np.asarray(SOFTNESS)
 
 # The network runs a batch in parts of at least this many spheres (a case): a part's tensors stay in
 # the cache, 15-20 % faster than one joined run of 8 cases on this machine.
@@ -94,9 +96,8 @@ def compression(h0: float, press_next: float, stage_next: str, cd: float) -> flo
 def softness(c: float) -> tuple[float, dict[str, float]]:
     """The press wall (um a sphere may sink into the press) and the projection's tolerance per pair
     type at compression ``c`` (%), interpolated in :data:`SOFTNESS`."""
-    table = np.asarray(SOFTNESS)
-    return float(np.interp(c, table[:, 0], table[:, 1])), {
-        name: float(np.interp(c, table[:, 0], table[:, k])) for k, name in ((2, "CBD-CBD"), (3, "AM-CBD"), (4, "AM-AM"))}
+    return float(np.interp(c, _SOFT[:, 0], _SOFT[:, 1])), {
+        name: float(np.interp(c, _SOFT[:, 0], _SOFT[:, k])) for k, name in ((2, "CBD-CBD"), (3, "AM-CBD"), (4, "AM-AM"))}
 
 
 def contacts(tolerance, press, stage_next, cd, h0) -> tuple[list[float], list[dict[str, float] | None]]:
@@ -258,9 +259,9 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
     prior = np.zeros_like(p.centres)
     if stage_next == "press" and press_next < top:
         prior[:, 2] = z * (press_next / min(press_now, top) - 1.0)
-    d = np.linalg.norm(delta, axis=1)
+    d = np.linalg.norm(dx, axis=1)  # the pairs i -> j first: their distances are the first len(ij)
     am_am = (ph[ij[:, 0]] == AM) & (ph[ij[:, 1]] == AM)
-    overlap = (r[ij[:, 0]] + r[ij[:, 1]] - d)[am_am]
+    overlap = (r[ij[:, 0]] + r[ij[:, 1]] - d[:len(ij)])[am_am]
     stored = np.cumsum(np.concatenate([[0.0], overlap[overlap > 0]]))[-1] / len(z) / STORED_SCALE_UM
     stage = np.zeros((len(z), len(STAGES)))
     stage[:, STAGES.index(stage_next)] = 1
@@ -269,7 +270,6 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
                             ph == CBD, np.full(n, press_next - press_now), np.full(n, press_now - press_prev), stage,
                             np.full(n, cd / 100), prior[:, 2] / OUTPUT_SCALE_UM, np.full(n, press_now - top),
                             np.full(n, stored)])
-    d = np.linalg.norm(dx, axis=1)
     edge = np.column_stack([dx / 3, d / 3, (r[snd] + r[rcv] - d) / 0.2, r[snd] / 3, r[rcv] / 3, ph[snd] == AM,
                             ph[rcv] == AM])
     return node.astype(np.float32), edge.astype(np.float32), snd, rcv, prior
