@@ -200,3 +200,15 @@ def test_asking_liggghts_its_version_leaves_no_log_behind(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert liggghts_version().startswith("LIGGGHTS")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_further_dataset_numbers_its_electrodes_after_the_default():
+    default = dem.dataset_plan()
+    assert [e["microstructure_id"] for e in default] == list(range(1, 9))
+    assert all(e["seed"] == e["microstructure_id"] for e in default)
+    further = dem.dataset_plan(0, n_random=56, random_cds=1, seed=9, first=9)
+    assert [e["microstructure_id"] for e in further] == list(range(9, 65))
+    assert all(e["seed"] == e["microstructure_id"] and len(e["cds"]) == 1 and 20 <= e["cds"][0] <= 50 for e in further)
+    assert further == dem.dataset_plan(0, n_random=56, random_cds=1, seed=9, first=9)  # the same plan every run
+    with pytest.raises(CalbatchError, match="--first"):
+        dem.dataset_plan(first=0)

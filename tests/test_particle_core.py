@@ -64,9 +64,12 @@ def test_features_and_positions_of_a_dem_frame_equal_numpy():
         assert all(same(g, w) for g, w in zip(got, want))
         # residuals beyond the cap and past both walls among them
         residual = rng.normal(0, 1.0, (p.n, 3)) * np.where(rng.random((p.n, 1)) < 0.1, 4.0, 1.0)
-        for tolerance, wall in ((TOLERANCE, ps.PRESS_WALL_UM), (None, ps.PRESS_WALL_UM), ps.softness(37.0)[::-1]):
-            a = ps.advance(p, got[4], residual, press[2], tolerance, wall)
-            b = ps._reference_advance(p, want[4], residual, press[2], tolerance, wall)
+        soft_wall, table, am = ps.softness(37.0)
+        settled = dict(ps.NO_SETTLING, **{"AM-AM": am})
+        for tolerance, wall, settle in ((TOLERANCE, ps.PRESS_WALL_UM, ps.NO_SETTLING),
+                                        (None, ps.PRESS_WALL_UM, ps.NO_SETTLING), (table, soft_wall, settled)):
+            a = ps.advance(p, got[4], residual, press[2], tolerance, wall, settle)
+            b = ps._reference_advance(p, want[4], residual, press[2], tolerance, wall, settle)
             assert same(a.centres, b.centres)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calbatch import CalbatchError
 from calbatch.electrode.particles import minimum_image, neighbours
 from calbatch.electrode.volume import AM
 from calbatch.surrogate.particle_step import (
@@ -78,6 +79,10 @@ def test_export_matches_keras_and_the_rollout_stays_between_the_walls(trained):
     model = ModelFile(trained["onnx"], meta, session)
     assert model.kind is Kind.PARTICLES and model.cd_range == (20.0, 20.0) and model.tolerance == SOFT
     assert trained["gap"] < 1e-4
+    import onnx
+
+    from calbatch.model.particle_train import TENSORRT_OPS
+    assert {n.op_type for n in onnx.load(trained["onnx"]).graph.node} <= TENSORRT_OPS  # no ScatterND with a sum
     s = trained["series"]
     frames = rollout(s["p"], {"press_z_um": s["press"], "phase": s["stage"]}, s["cd"], onnx_residual(trained["onnx"]),
                      TOLERANCE_UM)
@@ -87,7 +92,7 @@ def test_export_matches_keras_and_the_rollout_stays_between_the_walls(trained):
     assert replace(s["p"], centres=frames[-1]).voxelize(125).shape == (125, 76, 76)
 
 
-def test_a_network_that_read_fewer_features_starts_where_it_was(tmp_path):
+def test_a_network_that_read_fewer_features_or_rounds_starts_where_it_was(tmp_path):
     tf = pytest.importorskip("tensorflow")
     from calbatch.model.particle_train import ParticleOptions, build, start_from
 
@@ -103,6 +108,29 @@ def test_a_network_that_read_fewer_features_starts_where_it_was(tmp_path):
     start_from(wide, tmp_path / "narrow.weights.h5", opts)
     # the new feature starts at zero weight: whatever it reads, the output is the narrow network's
     assert np.allclose(wide(tf.constant(node), tf.constant(edge), snd, rcv).numpy(), before, atol=1e-6)
+    # so does a deeper network: its further rounds start adding nothing
+    deep = build(replace(opts, rounds=3))
+    deep(tf.constant(node), tf.constant(edge), snd, rcv)
+    start_from(deep, tmp_path / "narrow.weights.h5", replace(opts, rounds=3))
+    assert np.allclose(deep(tf.constant(node), tf.constant(edge), snd, rcv).numpy(), before, atol=1e-6)
+    deep.save_weights(tmp_path / "deep.weights.h5")
+    with pytest.raises(CalbatchError, match="3 rounds"):
+        start_from(wide, tmp_path / "deep.weights.h5", opts)
+
+
+def test_the_settling_sweep_takes_am_pairs_back_to_their_median_and_leaves_the_cbd():
+    from calbatch.electrode.particles import Particles
+    from calbatch.surrogate.particle_step import NO_SETTLING, advance
+
+    # two AM spheres 1.0 um into each other, a CBD sphere 0.5 um into the second
+    p = Particles(np.array([[10.0, 10, 10], [15.0, 10, 10], [18.0, 10, 10]]), np.array([3.0, 3.0, 1.0]),
+                  np.array([AM, AM, 1], dtype=np.uint8), (30.0, 30.0), 0.4, source="three spheres")
+    still = np.zeros((3, 3))
+    moved = advance(p, still, still, 40.0, None, settle=dict(NO_SETTLING, **{"AM-AM": 0.3}))
+    gap = lambda q, i, j: q.radii[i] + q.radii[j] - np.linalg.norm(q.centres[j] - q.centres[i])  # noqa: E731
+    assert gap(moved, 0, 1) == pytest.approx(0.3, abs=1e-12)  # one sweep, back to the settling overlap
+    assert np.allclose(moved.centres[2], p.centres[2]) and np.allclose(moved.centres[:, 1:], p.centres[:, 1:])
+    assert np.array_equal(advance(p, still, still, 40.0, None).centres, p.centres)  # no settling: as it was
 
 
 def test_the_contacts_soften_as_the_press_goes_down():
@@ -110,8 +138,10 @@ def test_the_contacts_soften_as_the_press_goes_down():
 
     deeper = [compression(40.0, z, "press", 50.0) for z in (40.0, 30.0, 20.0)]
     assert deeper == [0.0, 25.0, 50.0]
-    walls, tables = zip(*(softness(c) for c in deeper))
+    walls, tables, settle = zip(*(softness(c) for c in deeper))
     assert walls[0] < walls[1] < walls[2] and all(tables[0][k] < tables[1][k] < tables[2][k] for k in tables[0])
+    # the press settles the AM to the DEM's median overlap, below the 99th percentile the projection keeps
+    assert settle[0] < settle[1] < settle[2] and all(s < t["AM-AM"] for s, t in zip(settle[1:], tables[1:]))
     # once the press turns the bed keeps what it held where the press left it (or at its deepest)
     assert compression(40.0, 36.0, "release", 50.0) == DETACH_PERCENT
     assert compression(40.0, 36.0, "release", 20.0) == 20.0

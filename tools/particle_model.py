@@ -4,7 +4,8 @@ rollouts from frame 0 on the validation series against the DEM.
     python3 tools/particle_model.py [--epochs N] [--out runs/particle_model] [--score-only | --export-only]
 
 The split is the frame model's (electrode 4 and four more cases held out, seven validation series
-drawn with seed 0), so the two are scored on the same series.
+drawn with seed 0), so the two are scored on the same series. ``--extra FOLDER`` adds a further
+dataset's particle files (``calbatch dem dataset --first 9``: electrodes in no split) to training only.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from calbatch.surrogate.particle_step import onnx_residual, rollout, step
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICLES = ROOT / "data/dem/default/particles"
+DEFAULT_ELECTRODES = range(1, 9)
 
 
 def the_split() -> dict:
@@ -59,12 +61,22 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true", help="export the run in --out and score it, no training")
     ap.add_argument("--export-only", action="store_true", help="export the run in --out, no training, no scoring")
     ap.add_argument("--split", choices=("val", "test"), default="val", help="the series to score (choose on val)")
+    ap.add_argument("--extra", type=Path, action="append", default=[],
+                    help="a further dataset folder whose particles/*.h5 join training only (repeatable)")
     args = ap.parse_args()
     trained_only = args.score_only or args.export_only
     state = args.out / "state.json"
     opts = (ParticleOptions(**json.loads(state.read_text())["options"]) if trained_only and state.exists()
             else ParticleOptions(**{f.name: getattr(args, f.name) for f in fields(ParticleOptions)}))
     parts = the_split()
+    for folder in args.extra:
+        further = sorted((folder / "particles").glob("*.h5"))
+        if not further:
+            sys.exit(f"--extra {folder}: no particle files in {folder / 'particles'}")
+        for f in further:  # an electrode of the default dataset would leak its validation and test packs
+            if load_particle_file(f)["electrode"] in DEFAULT_ELECTRODES:
+                sys.exit(f"--extra {f}: electrode {load_particle_file(f)['electrode']} is one of the default dataset's")
+        parts["train"] += further
     if not trained_only:
         train(parts["train"], parts["val"], args.out, opts,
               progress=lambda row: print(json.dumps(row), file=sys.stderr, flush=True))

@@ -99,7 +99,8 @@ py::tuple sphere_decomposition(const U8Array& volume, double min_gain, int64_t m
 
 // The projection of every case of a batch (in parallel): (new centres per case, largest excess per case).
 py::tuple project_overlaps(const py::list& centres, const py::list& radii, const py::list& phases,
-                           const F64Array& boxes, const F64Array& press_z, const F64Array& tolerance, int iterations) {
+                           const F64Array& boxes, const F64Array& press_z, const F64Array& tolerance, int iterations,
+                           bool average) {
     const auto nb = static_cast<int64_t>(centres.size());
     if (py::len(radii) != static_cast<size_t>(nb) || py::len(phases) != static_cast<size_t>(nb))
         throw std::invalid_argument("radii and phases must hold one array per case");
@@ -133,7 +134,7 @@ py::tuple project_overlaps(const py::list& centres, const py::list& radii, const
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t b = 0; b < nb; ++b)
             excess[b] = calbatch::project_overlaps(dst[b], rs[b].data(), ps[b].data(), n[b], box[2 * b], box[2 * b + 1],
-                                                   press_z.data()[b], tolerance.data(), iterations)
+                                                   press_z.data()[b], tolerance.data(), iterations, average)
                             .max_excess;
     }
     py::list out;
@@ -159,8 +160,8 @@ void bind_particles(py::module_& m) {
           " below squared radius min_r2; candidates are refined off the grid to maximize their phase's voxels"
           " minus penalty per foreign voxel, growing up to `grow` voxels beyond the distance transform.");
     m.def("project_overlaps", &project_overlaps, py::arg("centres"), py::arg("radii"), py::arg("phases"),
-          py::arg("boxes"), py::arg("press_z"), py::arg("tolerance"), py::arg("iterations"),
+          py::arg("boxes"), py::arg("press_z"), py::arg("tolerance"), py::arg("iterations"), py::arg("average") = true,
           "Per case of a batch (in parallel), Jacobi sweeps pushing apart overlaps above"
-          " tolerance[phase_i][phase_j], walls at z = 0 and press_z[b] (<= 0: none), x and y wrapped:"
-          " (new centres per case, largest excess left per case).");
+          " tolerance[phase_i][phase_j] (each sphere by the mean of its pushes; average false: their sum), walls at"
+          " z = 0 and press_z[b] (<= 0: none), x and y wrapped: (new centres per case, largest excess left per case).");
 }

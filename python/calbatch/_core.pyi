@@ -72,6 +72,7 @@ def project_overlaps(
     press_z: npt.NDArray[np.float64],
     tolerance: npt.NDArray[np.float64],
     iterations: int,
+    average: bool = True,
 ) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]]: ...
 def particle_step_features(
     centres: list[npt.NDArray[np.float64]],
@@ -113,6 +114,7 @@ def particle_step_advance(
     press_wall: npt.NDArray[np.float64],
     tolerance: npt.NDArray[np.float64] | None,
     iterations: int,
+    settle: npt.NDArray[np.float64] | None = None,
     voxel_size: npt.NDArray[np.float64],
     out: list[npt.NDArray[np.uint8]] | None = None,
 ) -> list[npt.NDArray[np.float64]]: ...

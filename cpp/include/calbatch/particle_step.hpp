@@ -117,10 +117,12 @@ struct AdvanceSettings {
     double collector_wall, press_wall;  // how far a sphere may overlap the collector and the press (um)
     const double* tolerance;            // per pair of phases (kPhaseTable^2), or null: no projection
     int iterations;                     // projection sweeps
+    const double* settle;               // per pair of phases, or null: the settling sweep's overlaps
 };
 
 // In place on x (n, 3): x + prior + the capped residual, z between the walls, then the projection
-// (its walls the collector and the press + press_wall). Returns false if a position is not finite.
+// (its walls the collector and the press + press_wall), then one settling sweep taking every pair
+// back to its `settle` overlap, pushes summed. Returns false if a position is not finite.
 inline bool step_advance(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx, double ly,
                          double press_next, const double* prior, const double* residual, const AdvanceSettings& s) {
     for (int64_t i = 0; i < n; ++i) {
@@ -135,6 +137,7 @@ inline bool step_advance(double* x, const double* radii, const uint8_t* phases, 
         if (!std::isfinite(x[k])) return false;
     if (s.tolerance)
         project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.tolerance, s.iterations);
+    if (s.settle) project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.settle, 1, false);
     return true;
 }
 

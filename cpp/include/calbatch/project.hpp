@@ -36,9 +36,11 @@ inline Projected overlap_excess(const double* radii, const uint8_t* phases, cons
 }
 
 // In place on x (n, 3). The heavier sphere (volume ~ r^3) moves less; each particle moves by the
-// mean of its pushes (Jacobi averaging, stable however many contacts it has). press_z <= 0: no press.
+// mean of its pushes (Jacobi averaging, stable however many contacts it has), or with `average`
+// false by their sum (one sweep that takes every pair back to its tolerance, as a contact force
+// would). press_z <= 0: no press.
 inline Projected project_overlaps(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx,
-                                  double ly, double press_z, const double* tol, int iterations) {
+                                  double ly, double press_z, const double* tol, int iterations, bool average = true) {
     std::vector<double> push(3 * n), excess;
     std::vector<int32_t> count(n);
     Pairs pairs;
@@ -72,7 +74,7 @@ inline Projected project_overlaps(double* x, const double* radii, const uint8_t*
         }
         for (int64_t i = 0; i < n; ++i)
             if (count[i])
-                for (int a = 0; a < 3; ++a) x[3 * i + a] += push[3 * i + a] / count[i];
+                for (int a = 0; a < 3; ++a) x[3 * i + a] += average ? push[3 * i + a] / count[i] : push[3 * i + a];
         walls();
     }
     neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);

@@ -83,7 +83,9 @@ def add_cli(subparsers) -> None:
                    help="CD list in percent (default 20 25 .. 50)")
     q.add_argument("--n-random", type=count(0), default=4, help="further electrodes at random CDs (default 4)")
     q.add_argument("--random-cds", type=count(), default=7, help="random CDs per further electrode, in 20-50 (default 7)")
-    q.add_argument("--seed", type=int, default=1, help="seed of microstructure 1; k gets seed+k-1")
+    q.add_argument("--seed", type=int, default=1, help="seed of the first electrode; electrode k gets seed+k-first")
+    q.add_argument("--first", type=count(), default=1,
+                   help="number of the first electrode (default 1; 9 numbers a further dataset after the default's 8)")
     q.add_argument("--workers", type=count(), default=2, help="parallel LIGGGHTS runs (default 2)")
     for add in (_pack_options, _grid, _json, _dem_options, _calender_options):
         add(q)
@@ -137,7 +139,7 @@ def _calender(args) -> None:
 
 
 def _dataset(args) -> None:
-    plan = dem.dataset_plan(args.n, args.cd, args.n_random, args.random_cds, args.seed)
+    plan = dem.dataset_plan(args.n, args.cd, args.n_random, args.random_cds, args.seed, first=args.first)
     with stdout_to_stderr():
         r = dem.dataset(Path(args.out), plan, args.workers, _pack_settings(args), _calender_settings(args))
     print_result(r, args.json, dem.format_table(r["series"]))

@@ -27,23 +27,27 @@ def cd_label(cd: float) -> str:
 
 
 def dataset_plan(n: int = 4, cds=DEFAULT_CDS, n_random: int = 4, random_cds: int = 7, seed: int = 1,
-                 cd_range=RANDOM_CD_RANGE) -> list[dict]:
-    """Which electrode gets which seed and CDs: electrodes 1..n at ``cds`` (the paper's grid, so its
-    split applies), then ``n_random`` more at ``random_cds`` CDs each, drawn uniformly in ``cd_range``
-    (0.1 % steps) from a generator seeded by (seed, electrode): the same plan on every run."""
+                 cd_range=RANDOM_CD_RANGE, first: int = 1) -> list[dict]:
+    """Which electrode gets which seed and CDs: electrodes first..first+n-1 at ``cds`` (the paper's
+    grid, so its split applies), then ``n_random`` more at ``random_cds`` CDs each, drawn uniformly in
+    ``cd_range`` (0.1 % steps) from a generator seeded by (seed, electrode): the same plan on every
+    run. Electrode ``first`` gets ``seed``; ``first`` numbers a further dataset after the default's 8."""
     if n < 0 or n_random < 0 or n + n_random < 1 or random_cds < 1:
         raise CalbatchError(f"--n {n}, --n-random {n_random}, --random-cds {random_cds}: need at least one electrode "
                             "and one CD each")
+    if first < 1:
+        raise CalbatchError(f"--first {first}: electrode numbers start at 1")
     lo, hi = (float(c) for c in cd_range)
     for cd in (*cds, lo, hi):
         if not 0 < cd < 90:
             raise CalbatchError(f"--cd: must be between 0 and 90 percent, got {cd:g}")
-    plan = [{"microstructure_id": ms, "seed": seed + ms - 1, "cds": [float(c) for c in cds]} for ms in range(1, n + 1)]
-    for ms in range(n + 1, n + n_random + 1):
+    plan = [{"microstructure_id": ms, "seed": seed + ms - first, "cds": [float(c) for c in cds]}
+            for ms in range(first, first + n)]
+    for ms in range(first + n, first + n + n_random):
         rng = np.random.default_rng([seed, ms])
         drawn = sorted({round(float(c), 1) for c in rng.uniform(lo, hi, 4 * random_cds)})
         picks = rng.choice(len(drawn), size=min(random_cds, len(drawn)), replace=False)
-        plan.append({"microstructure_id": ms, "seed": seed + ms - 1, "cds": sorted(drawn[i] for i in picks)})
+        plan.append({"microstructure_id": ms, "seed": seed + ms - first, "cds": sorted(drawn[i] for i in picks)})
     return plan
 
 
@@ -110,8 +114,18 @@ def dataset(out_dir: Path, plan: list[dict] | None = None, workers: int = 2,
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool, \
                 tqdm(total=total, desc="dem dataset", unit="series", file=sys.stderr) as bar:
-            pending = {pool.submit(_dataset_pack, str(out_dir), e["microstructure_id"], e["seed"], pack_settings or {}):
-                       ("pack", e["microstructure_id"]) for e in plan}
+            # packs go in one at a time behind the last pack's series, so electrodes finish one by one
+            todo = iter(plan)
+
+            def next_pack():
+                e = next(todo, None)
+                if e is not None:
+                    pending[pool.submit(_dataset_pack, str(out_dir), e["microstructure_id"], e["seed"],
+                                        pack_settings or {})] = ("pack", e["microstructure_id"])
+
+            pending = {}
+            for _ in range(workers):
+                next_pack()
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -121,11 +135,14 @@ def dataset(out_dir: Path, plan: list[dict] | None = None, workers: int = 2,
                     except CalbatchError as exc:
                         failures.append(f"{kind} {key}: {exc}")
                         bar.update(len(cds_of[key]) if kind == "pack" else 1)
+                        if kind == "pack":
+                            next_pack()
                         continue
                     if kind == "pack":  # longest series first keeps both workers busy to the end
                         for cd in sorted(cds_of[key], reverse=True):
                             pending[pool.submit(_dataset_series, str(out_dir), value, key, cd,
                                                 calender_settings or {})] = ("series", (key, cd))
+                        next_pack()
                     else:
                         results.append(value)
                         bar.update(1)

@@ -210,17 +210,18 @@ def overlaps(p: Particles, quantile: float = 1.0) -> dict[str, float]:
 
 
 def project(p: Particles, press_z: float | None, tolerance: float | dict[str, float] = 0.0,
-            iterations: int = PROJECT_ITERATIONS) -> tuple[Particles, float]:
+            iterations: int = PROJECT_ITERATIONS, average: bool = True) -> tuple[Particles, float]:
     """``iterations`` Jacobi sweeps pushing apart every pair that overlaps by more than its
     tolerance (um; one for all or per pair type, see :data:`PAIR_TYPES`), the heavier sphere moving
-    less; then every sphere between the collector (z = 0) and the press (``press_z``, None: open),
-    x and y wrapped into the box. Returns the projected particles and the largest excess left."""
-    projected, excess = project_batch([p], [press_z], tolerance, iterations)
+    less, each by the mean of its pushes (``average`` False: their sum); then every sphere between
+    the collector (z = 0) and the press (``press_z``, None: open), x and y wrapped into the box.
+    Returns the projected particles and the largest excess left."""
+    projected, excess = project_batch([p], [press_z], tolerance, iterations, average)
     return projected[0], float(excess[0])
 
 
 def project_batch(cases: list[Particles], press_z: list[float | None], tolerance: float | dict[str, float] = 0.0,
-                  iterations: int = PROJECT_ITERATIONS) -> tuple[list[Particles], np.ndarray]:
+                  iterations: int = PROJECT_ITERATIONS, average: bool = True) -> tuple[list[Particles], np.ndarray]:
     """:func:`project` over a batch (cases in parallel): the projected cases and each one's largest
     excess left."""
     table = tolerance_table(tolerance)
@@ -233,17 +234,18 @@ def project_batch(cases: list[Particles], press_z: list[float | None], tolerance
     press = np.array([-1.0 if z is None else float(z) for z in press_z])
     try:
         centres, excess = _core.project_overlaps([p.centres for p in cases], [p.radii for p in cases],
-                                                 [p.phases for p in cases], boxes, press, table, int(iterations))
+                                                 [p.phases for p in cases], boxes, press, table, int(iterations),
+                                                 average)
     except ValueError as exc:
         raise CalbatchError(f"{cases[0].source if len(cases) == 1 else 'batch'}: {exc}") from None
     return [replace(p, centres=c) for p, c in zip(cases, centres)], excess
 
 
-def tolerance_table(tolerance: float | dict[str, float]) -> np.ndarray:
+def tolerance_table(tolerance: float | dict[str, float], missing: float = 0.0) -> np.ndarray:
     """A projection tolerance (um; one for all or per pair type, see :data:`PAIR_TYPES`; a type not
-    named: 0) as the core's (3, 3) table indexed by phase code."""
-    table = np.zeros((3, 3))
+    named, and the pore code's entries: ``missing``) as the core's (3, 3) table indexed by phase code."""
+    table = np.full((3, 3), float(missing))
     for name, (a, b) in PAIR_TYPES.items():
-        t = tolerance if np.isscalar(tolerance) else tolerance.get(name, 0.0)
+        t = tolerance if np.isscalar(tolerance) else tolerance.get(name, missing)
         table[a, b] = table[b, a] = float(t)
     return table

@@ -7,8 +7,9 @@ learns to pull a drifted state back towards what the DEM does. With ``pushforwar
 training also steps from the model's own states 1..k steps after every DEM frame (refreshed every
 ``refresh_every`` epochs) towards the DEM's next frame, so it learns to undo the drift it makes
 itself, and the best weights are chosen by free rollouts of the validation series from frame 0.
-Sums over a sphere's pairs are ``tensor_scatter_nd_add`` (ONNX ScatterND with reduction add). Resumable: ``OUT/state.json`` and the
-last and best weights (and the moving average's, with ``ema``).
+Sums over a sphere's pairs are ``tensor_scatter_nd_add``, exported as ONNX ScatterElements with
+reduction add (:func:`scatter_elements`). Resumable: ``OUT/state.json`` and the last and best weights
+(and the moving average's, with ``ema``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -241,26 +242,62 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
 
 
 def start_from(model, path: Path, opts: ParticleOptions) -> None:
-    """``path``'s weights into ``model`` (built): a network that read fewer node features (the
-    feature list has grown at its end) starts the new ones at zero weight, so it computes what it did."""
+    """``path``'s weights into ``model`` (built), so it computes what the stored network did: node
+    features it did not read (the feature list has grown at its end) start at zero weight, and rounds
+    of message passing beyond its own (appended after them) start with a zero last layer."""
     import h5py
     import tensorflow as tf
 
     try:
         with h5py.File(path, "r") as f:
             read = f["enc_n/layers/dense/vars/0"].shape[0]
+            rounds = len(f["layers"]) // 2 if "layers" in f else 0  # the msg and upd MLPs, one pair a round
     except (OSError, KeyError) as exc:
         raise CalbatchError(f"{path}: not the weights of a particle step ({exc})") from None
-    if read == len(NODE_FEATURES):
+    if read == len(NODE_FEATURES) and rounds == opts.rounds:
         model.load_weights(path)
         return
-    if read > len(NODE_FEATURES):
-        raise CalbatchError(f"{path}: its network reads {read} node features, this one {len(NODE_FEATURES)}")
-    narrow = build(opts)
-    narrow(tf.zeros([1, read]), tf.zeros([1, len(EDGE_FEATURES)]), tf.zeros([1], tf.int32), tf.zeros([1], tf.int32))
-    narrow.load_weights(path)
-    model.set_weights([np.concatenate([w, np.zeros((v.shape[0] - w.shape[0], *w.shape[1:]), w.dtype)])
-                       if w.shape != tuple(v.shape) else w for w, v in zip(narrow.get_weights(), model.weights)])
+    if read > len(NODE_FEATURES) or rounds > opts.rounds:
+        raise CalbatchError(f"{path}: its network reads {read} node features in {rounds} rounds, "
+                            f"this one {len(NODE_FEATURES)} in {opts.rounds}")
+    old = build(replace(opts, rounds=rounds))
+    old(tf.zeros([1, read]), tf.zeros([1, len(EDGE_FEATURES)]), tf.zeros([1], tf.int32), tf.zeros([1], tf.int32))
+    old.load_weights(path)
+    pairs = [(model.enc_n, old.enc_n), (model.enc_e, old.enc_e), (model.dec, old.dec),
+             *zip(model.msg, old.msg), *zip(model.upd, old.upd)]
+    for mine, theirs in pairs:
+        mine.set_weights([np.concatenate([w, np.zeros((v.shape[0] - w.shape[0], *w.shape[1:]), w.dtype)])
+                          if w.shape != tuple(v.shape) else w for w, v in zip(theirs.get_weights(), mine.weights)])
+    for mlp in (*model.msg[rounds:], *model.upd[rounds:]):
+        mlp.layers[-1].set_weights([np.zeros_like(w) for w in mlp.layers[-1].get_weights()])
+
+
+# What the export may hold: each is in onnx-tensorrt 10's operator table with no restriction that
+# applies here (ScatterND is not: "`reduction` other than `none` is not supported").
+TENSORRT_OPS = frozenset({"Add", "Cast", "Concat", "ConstantOfShape", "Expand", "Gather", "MatMul", "Mul",
+                          "ScatterElements", "Shape", "Sigmoid", "Slice", "Unsqueeze"})
+
+
+def scatter_elements(proto) -> None:
+    """Rewrite tf2onnx's ScatterND with reduction add (a sphere's sum over its pairs) as
+    ScatterElements with reduction add on int64 indices, in place: the same sums (bit for bit in
+    ONNX Runtime), in the form TensorRT's parser takes."""
+    from onnx import TensorProto, helper
+
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type != "ScatterND":
+            nodes.append(node)
+            continue
+        data, index, update = node.input
+        shape, wide, rows = (f"{node.name}/{k}" for k in ("shape", "int64", "rows"))
+        nodes += [helper.make_node("Shape", [update], [shape]),
+                  helper.make_node("Cast", [index], [wide], to=TensorProto.INT64),
+                  helper.make_node("Expand", [wide, shape], [rows]),  # (m, 1) -> (m, latent): one row a pair
+                  helper.make_node("ScatterElements", [data, rows, update], list(node.output), name=node.name,
+                                   axis=0, reduction="add")]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
 
 
 def _save(model, path: Path) -> None:
@@ -295,6 +332,7 @@ def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple, se
     model.load_weights(out / "best.weights.h5")
     proto, _ = tf2onnx.convert.from_function(tf.function(lambda a, b, c, d: model(a, b, c, d)),
                                              input_signature=signature(), opset=17)
+    scatter_elements(proto)
     kind = Kind.PARTICLES
     meta = {"format": MODEL_FORMAT, "calbatch_version": __version__, "kind": kind.value,
             "cd_range_percent": json.dumps([min(cds), max(cds)]),

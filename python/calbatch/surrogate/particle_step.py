@@ -55,11 +55,19 @@ PROJECTION_SWEEPS = 16  # 4 leave a rollout's overlaps twice the DEM's; 16 hold 
 # (ms1 CD 50, ms3 CD 50, ms6 CD 47.4, ms8 CD 49.5; Gaussian bins of 2.5 %). With a fixed tolerance (the
 # DEM's at CD 30) and a 1.5 um press wall, the top spheres of a CD 30 bed (ms5) and the tenth highest of
 # a CD 50 bed (ms2) sat 1.5 um in the press, where the DEM's sink 0.1-0.4 and 0.7 um.
+# The last column is the median AM-AM overlap (of the overlapping pairs), where the press settles the
+# AM: while it presses, one sweep takes every AM-AM pair deeper than that back to it. A free rollout's
+# AM-AM overlaps otherwise pile up at the 99th percentile (at CD 48, 90th percentile 1.83 um where the
+# DEM's is 1.35): AM volume lost, and the pores too open (validation, 7 series: the worst AM volume
+# error 3.7 % -> 0.7 %, D_eff through the pores alone 31.6 % -> 21.8 %).
 SOFT = "soft"
-SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03), (5.0, 0.08, 0.18, 0.22, 0.09), (10.0, 0.15, 0.23, 0.36, 0.25),
-            (15.0, 0.20, 0.26, 0.44, 0.50), (20.0, 0.24, 0.30, 0.49, 0.79), (25.0, 0.30, 0.35, 0.57, 1.01),
-            (30.0, 0.42, 0.41, 0.64, 1.16), (35.0, 0.61, 0.48, 0.71, 1.31), (40.0, 0.88, 0.56, 0.78, 1.48),
-            (45.0, 1.19, 0.64, 0.86, 1.70), (50.0, 1.46, 0.70, 0.93, 1.88))
+SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03, 0.00), (5.0, 0.08, 0.18, 0.22, 0.09, 0.01),
+            (10.0, 0.15, 0.23, 0.36, 0.25, 0.03), (15.0, 0.20, 0.26, 0.44, 0.50, 0.07),
+            (20.0, 0.24, 0.30, 0.49, 0.79, 0.14), (25.0, 0.30, 0.35, 0.57, 1.01, 0.23),
+            (30.0, 0.42, 0.41, 0.64, 1.16, 0.32), (35.0, 0.61, 0.48, 0.71, 1.31, 0.43),
+            (40.0, 0.88, 0.56, 0.78, 1.48, 0.54), (45.0, 1.19, 0.64, 0.86, 1.70, 0.63),
+            (50.0, 1.46, 0.70, 0.93, 1.88, 0.69))
+NO_SETTLING = {"CBD-CBD": np.inf, "AM-CBD": np.inf, "AM-AM": np.inf}
 # Once the press turns, the bed keeps the overlaps it had when the press left it (at CD 50 near 32 %
 # compression, where the DEM's 99th percentiles stop falling); a shallower run keeps its deepest.
 DETACH_PERCENT = 32.0
@@ -82,8 +90,8 @@ def step(cases: list[Particles], press: list[tuple[float, float, float]], stage_
     The core does the work of all cases at once, before the network and after it."""
     node, edge, snd, rcv, prior = features(cases, press, stage_next, cd)
     residual = residual_of(node, edge, snd, rcv)
-    walls, tables = contacts(tolerance, press, stage_next, cd, h0)
-    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out)
+    walls, tables, settle = contacts(tolerance, press, stage_next, cd, h0)
+    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out, settle)
 
 
 def compression(h0: float, press_next: float, stage_next: str, cd: float) -> float:
@@ -93,21 +101,28 @@ def compression(h0: float, press_next: float, stage_next: str, cd: float) -> flo
     return c if stage_next == "press" else max(c, min(cd, DETACH_PERCENT))
 
 
-def softness(c: float) -> tuple[float, dict[str, float]]:
-    """The press wall (um a sphere may sink into the press) and the projection's tolerance per pair
-    type at compression ``c`` (%), interpolated in :data:`SOFTNESS`."""
-    return float(np.interp(c, _SOFT[:, 0], _SOFT[:, 1])), {
-        name: float(np.interp(c, _SOFT[:, 0], _SOFT[:, k])) for k, name in ((2, "CBD-CBD"), (3, "AM-CBD"), (4, "AM-AM"))}
+def softness(c: float) -> tuple[float, dict[str, float], float]:
+    """The press wall (um a sphere may sink into the press), the projection's tolerance per pair
+    type and the AM-AM overlap the press settles the AM to, at compression ``c`` (%), interpolated in
+    :data:`SOFTNESS`."""
+    at = [float(np.interp(c, _SOFT[:, 0], _SOFT[:, k])) for k in range(1, _SOFT.shape[1])]
+    return at[0], dict(zip(("CBD-CBD", "AM-CBD", "AM-AM"), at[1:4])), at[4]
 
 
-def contacts(tolerance, press, stage_next, cd, h0) -> tuple[list[float], list[dict[str, float] | None]]:
-    """Each case's press wall and projection tolerance for this step (see :func:`step`)."""
+def contacts(tolerance, press, stage_next, cd, h0) -> tuple[list[float], list[dict[str, float] | None], list[dict]]:
+    """Each case's press wall, projection tolerance and settling overlaps for this step (see
+    :func:`step`; :data:`NO_SETTLING` but with soft contacts while the press presses)."""
     if tolerance != SOFT:
-        return [PRESS_WALL_UM] * len(press), [tolerance] * len(press)
+        return [PRESS_WALL_UM] * len(press), [tolerance] * len(press), [NO_SETTLING] * len(press)
     if h0 is None or len(h0) != len(press):
         raise CalbatchError(f"step: soft contacts need each case's uncalendered top (h0), got {h0!r}")
-    soft = [softness(compression(h, pr[2], st, c)) for h, pr, st, c in zip(h0, press, stage_next, cd)]
-    return [w for w, _ in soft], [t for _, t in soft]
+    walls, tables, settle = [], [], []
+    for h, pr, st, c in zip(h0, press, stage_next, cd):
+        wall, table, am = softness(compression(h, pr[2], st, c))
+        walls.append(wall)
+        tables.append(table)
+        settle.append(dict(NO_SETTLING, **{"AM-AM": am}) if st == "press" else NO_SETTLING)
+    return walls, tables, settle
 
 
 def features(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float]):
@@ -139,14 +154,16 @@ def graph(p: Particles, press_now: float, press_next: float, press_prev: float, 
 
 
 def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
-            tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM) -> Particles:
+            tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM,
+            settle: dict[str, float] = NO_SETTLING) -> Particles:
     """The next state: prior + residual (capped at :data:`MAX_RESIDUAL_UM` a sphere), the collector
     and the press (``press_wall`` um soft) as hard walls, overlaps deeper than ``tolerance`` (um per
-    pair type) pushed apart."""
-    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None)[0]
+    pair type) pushed apart, then one sweep taking pairs deeper than ``settle`` (um per pair type)
+    back to it."""
+    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None, [settle])[0]
 
 
-def _advance(cases, prior, residual, press_next, walls, tolerances, out) -> list[Particles]:
+def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle) -> list[Particles]:
     if out is not None:
         if len(out) != len(cases):
             raise CalbatchError(f"step: {len(out)} output frames for {len(cases)} cases")
@@ -160,7 +177,8 @@ def _advance(cases, prior, residual, press_next, walls, tolerances, out) -> list
             np.asarray(press_next, dtype=np.float64), max_residual=MAX_RESIDUAL_UM, collector_wall=COLLECTOR_WALL_UM,
             press_wall=np.asarray(walls, dtype=np.float64),
             tolerance=None if tolerances[0] is None else np.stack([tolerance_table(t) for t in tolerances]),
-            iterations=PROJECTION_SWEEPS, voxel_size=np.array([p.voxel_size for p in cases]), out=out)
+            iterations=PROJECTION_SWEEPS, settle=np.stack([tolerance_table(t, np.inf) for t in settle]),
+            voxel_size=np.array([p.voxel_size for p in cases]), out=out)
     except ValueError as exc:
         raise _refused(cases, exc) from None
     return [replace(p, centres=c) for p, c in zip(cases, centres)]
@@ -207,9 +225,10 @@ def onnx_residual(path, workers: int | None = None) -> callable:
 
 def residual_runner(session, workers: int | None = None) -> callable:
     """``residual_of`` for :func:`step` from an ONNX Runtime session opened on ONE intra-op thread:
-    on more, ONNX Runtime's CPU ScatterND (reduction add, the network's sum over a sphere's pairs)
-    races and drops updates (onnxruntime 1.32: 12 runs in 300 wrong on one DEM frame's pairs). A
-    joined graph (a batch) is cut instead where no edge crosses into parts of about
+    on more, ONNX Runtime's CPU ScatterND (reduction add, the sum over a sphere's pairs in a file
+    exported as tf2onnx writes it) races and drops updates (onnxruntime 1.32: 12 runs in 300 wrong on
+    one DEM frame's pairs); calbatch's export writes ScatterElements instead, but a file may hold
+    either. A joined graph (a batch) is cut instead where no edge crosses into parts of about
     :data:`PART_SPHERES` (a sphere's residual depends on its own graph only), run ``workers`` at a
     time (default: the core's threads)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -276,7 +295,8 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
 
 
 def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
-                       tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM) -> Particles:
+                       tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM,
+                       settle: dict[str, float] = NO_SETTLING) -> Particles:
     size = np.linalg.norm(residual, axis=1, keepdims=True)
     residual = residual * np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
     centres = p.centres + prior + residual
@@ -284,6 +304,8 @@ def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, pr
     nxt = replace(p, centres=centres)
     if tolerance is not None:
         nxt, _ = project(nxt, press_next + press_wall, tolerance, PROJECTION_SWEEPS)
+    if any(np.isfinite(v) for v in settle.values()):
+        nxt, _ = project(nxt, press_next + press_wall, settle, 1, average=False)
     return nxt
 
 
@@ -293,6 +315,6 @@ def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, 
     residual = residual_of(np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
                            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
                            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32))
-    walls, tables = contacts(tolerance, press, stage_next, cd, h0)
-    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w)
-            for p, g, a, b, pr, w, t in zip(cases, graphs, offsets[:-1], offsets[1:], press, walls, tables)]
+    walls, tables, settle = contacts(tolerance, press, stage_next, cd, h0)
+    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w, st)
+            for p, g, a, b, pr, w, t, st in zip(cases, graphs, offsets[:-1], offsets[1:], press, walls, tables, settle)]
