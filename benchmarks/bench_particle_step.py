@@ -3,12 +3,12 @@
     python3 benchmarks/bench_particle_step.py [--repeats N] [--json]
 
 Free rollouts from frame 0 of DEM particle series (1,063 particles, each step's frame rendered on
-the 76 x 76 x 125 grid), the shipped particle network (data/particle_model/particle_step.onnx) on
+the 76 x 76 x 125 grid), the shipped particle network (python/calbatch/data/model.onnx) on
 ONNX Runtime's CPU provider:
 
 1. ``frame``: one rollout step of one case, the particle step (the core's features, the network,
    the core's update and render) against the shipped frame model's step with the ``particles``
-   rule (python/calbatch/data/model.onnx through the engine, 2 threads) from the same electrode's
+   rule (python/calbatch/data/frame_model.onnx through the engine, 2 threads) from the same electrode's
    frame 0, voxelized. Goal: at most a third.
 2. ``batch``: per case, a step of 8 cases (the 8 electrodes) in one call against the same 8 stepped
    one by one (batch 1). Goal: less per case. The batch's network runs in parts
@@ -40,8 +40,8 @@ from timing import best_time
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "dem" / "default" / "particles"
-PARTICLE_MODEL = ROOT / "data" / "particle_model" / "particle_step.onnx"
-FRAME_MODEL = ROOT / "python" / "calbatch" / "data" / "model.onnx"
+PARTICLE_MODEL = ROOT / "python" / "calbatch" / "data" / "model.onnx"
+FRAME_MODEL = ROOT / "python" / "calbatch" / "data" / "frame_model.onnx"
 TOLERANCE = {"CBD-CBD": 0.5, "AM-CBD": 0.7, "AM-AM": 1.3}  # tools/particle_model.py's default
 NZ = 125
 ONE = "ms4_cd35"  # held-out electrode 4

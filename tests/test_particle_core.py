@@ -15,7 +15,7 @@ from calbatch.surrogate import particle_step as ps
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTICLES = ROOT / "data/dem/default/particles"
-MODEL = ROOT / "data/particle_model/particle_step.onnx"
+MODEL = ROOT / "python/calbatch/data/model.onnx"
 TOLERANCE = {"CBD-CBD": 0.5, "AM-CBD": 0.7, "AM-AM": 1.3}
 NZ = 125
 
@@ -64,12 +64,12 @@ def test_features_and_positions_of_a_dem_frame_equal_numpy():
         assert all(same(g, w) for g, w in zip(got, want))
         # residuals beyond the cap and past both walls among them
         residual = rng.normal(0, 1.0, (p.n, 3)) * np.where(rng.random((p.n, 1)) < 0.1, 4.0, 1.0)
-        soft_wall, table, am = ps.softness(37.0)
-        settled = dict(ps.NO_SETTLING, **{"AM-AM": am})
-        for tolerance, wall, settle in ((TOLERANCE, ps.PRESS_WALL_UM, ps.NO_SETTLING),
-                                        (None, ps.PRESS_WALL_UM, ps.NO_SETTLING), (table, soft_wall, settled)):
-            a = ps.advance(p, got[4], residual, press[2], tolerance, wall, settle)
-            b = ps._reference_advance(p, want[4], residual, press[2], tolerance, wall, settle)
+        soft_wall, table, median = ps.softness(37.0)
+        settle = dict(ps.NO_PAIRS, **{"AM-AM": median["AM-AM"]})
+        hold = dict(ps.NO_PAIRS, **{k: median[k] for k in ("CBD-CBD", "AM-CBD")})
+        for args in ((TOLERANCE, ps.PRESS_WALL_UM), (None, ps.PRESS_WALL_UM), (table, soft_wall, settle, hold)):
+            a = ps.advance(p, got[4], residual, press[2], *args)
+            b = ps._reference_advance(p, want[4], residual, press[2], *args)
             assert same(a.centres, b.centres)
 
 

@@ -19,8 +19,8 @@ from conftest import assert_one_line_error, particle_volume, run_cli
 pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "data" / "particle_model" / "particle_step.onnx"
-FRAME_MODEL = ROOT / "python" / "calbatch" / "data" / "model.onnx"
+MODEL = ROOT / "python" / "calbatch" / "data" / "model.onnx"
+FRAME_MODEL = ROOT / "python" / "calbatch" / "data" / "frame_model.onnx"
 PARTICLES = ROOT / "data" / "dem" / "default" / "particles"
 
 

@@ -120,17 +120,35 @@ def test_a_network_that_read_fewer_features_or_rounds_starts_where_it_was(tmp_pa
 
 def test_the_settling_sweep_takes_am_pairs_back_to_their_median_and_leaves_the_cbd():
     from calbatch.electrode.particles import Particles
-    from calbatch.surrogate.particle_step import NO_SETTLING, advance
+    from calbatch.surrogate.particle_step import NO_PAIRS, advance
 
     # two AM spheres 1.0 um into each other, a CBD sphere 0.5 um into the second
     p = Particles(np.array([[10.0, 10, 10], [15.0, 10, 10], [18.0, 10, 10]]), np.array([3.0, 3.0, 1.0]),
                   np.array([AM, AM, 1], dtype=np.uint8), (30.0, 30.0), 0.4, source="three spheres")
     still = np.zeros((3, 3))
-    moved = advance(p, still, still, 40.0, None, settle=dict(NO_SETTLING, **{"AM-AM": 0.3}))
+    moved = advance(p, still, still, 40.0, None, settle=dict(NO_PAIRS, **{"AM-AM": 0.3}))
     gap = lambda q, i, j: q.radii[i] + q.radii[j] - np.linalg.norm(q.centres[j] - q.centres[i])  # noqa: E731
     assert gap(moved, 0, 1) == pytest.approx(0.3, abs=1e-12)  # one sweep, back to the settling overlap
     assert np.allclose(moved.centres[2], p.centres[2]) and np.allclose(moved.centres[:, 1:], p.centres[:, 1:])
     assert np.array_equal(advance(p, still, still, 40.0, None).centres, p.centres)  # no settling: as it was
+
+
+def test_the_hold_pulls_a_cbd_sphere_that_touched_back_and_lets_one_gone_further_go():
+    from calbatch.electrode.particles import Particles
+    from calbatch.surrogate.particle_step import HOLD_PULL_OFF_UM, NO_PAIRS, advance
+
+    # a CBD sphere touching an AM sphere (0.05 um overlap); the step moves it off along x
+    p = Particles(np.array([[10.0, 10, 10], [13.95, 10, 10]]), np.array([3.0, 1.0]), np.array([AM, 1], dtype=np.uint8),
+                  (30.0, 30.0), 0.4, source="two spheres")
+    hold = dict(NO_PAIRS, **{"AM-CBD": 0.1})
+    gap = lambda q: q.radii[0] + q.radii[1] - np.linalg.norm(q.centres[1] - q.centres[0])  # noqa: E731
+    for away, held in ((0.2, True), (HOLD_PULL_OFF_UM + 0.2, False)):
+        move = np.array([[0.0, 0, 0], [away, 0, 0]])
+        moved = advance(p, np.zeros((2, 3)), move, 40.0, None, hold=hold)
+        assert gap(moved) == pytest.approx(0.1 if held else 0.05 - away, abs=1e-12), away
+    # a pair that did not touch before the step is not held
+    apart = replace(p, centres=p.centres + np.array([[0.0, 0, 0], [0.1, 0, 0]]))
+    assert gap(advance(apart, np.zeros((2, 3)), np.zeros((2, 3)), 40.0, None, hold=hold)) == pytest.approx(-0.05)
 
 
 def test_the_contacts_soften_as_the_press_goes_down():
@@ -138,10 +156,11 @@ def test_the_contacts_soften_as_the_press_goes_down():
 
     deeper = [compression(40.0, z, "press", 50.0) for z in (40.0, 30.0, 20.0)]
     assert deeper == [0.0, 25.0, 50.0]
-    walls, tables, settle = zip(*(softness(c) for c in deeper))
+    walls, tables, medians = zip(*(softness(c) for c in deeper))
     assert walls[0] < walls[1] < walls[2] and all(tables[0][k] < tables[1][k] < tables[2][k] for k in tables[0])
-    # the press settles the AM to the DEM's median overlap, below the 99th percentile the projection keeps
-    assert settle[0] < settle[1] < settle[2] and all(s < t["AM-AM"] for s, t in zip(settle[1:], tables[1:]))
+    # the medians (where the AM settles, and the CBD is held) grow too, below the 99th percentiles
+    assert all(medians[0][k] < medians[1][k] < medians[2][k] for k in medians[0])
+    assert all(m[k] < t[k] for m, t in zip(medians[1:], tables[1:]) for k in m)
     # once the press turns the bed keeps what it held where the press left it (or at its deepest)
     assert compression(40.0, 36.0, "release", 50.0) == DETACH_PERCENT
     assert compression(40.0, 36.0, "release", 20.0) == 20.0

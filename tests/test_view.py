@@ -17,13 +17,13 @@ DEM_PARTICLES = REPO / "data" / "dem" / "default" / "particles" / "ms1_cd20.h5"
 
 @pytest.fixture(scope="module")
 def short_rollout(tmp_path_factory) -> Path:
-    """A short free rollout of the shipped model on a tiny electrode (7 frames of 24 x 16 x 16)."""
-    from calbatch.data import shipped_model_path
+    """A short free rollout of the shipped frame model on a tiny electrode (7 frames of 24 x 16 x 16)."""
+    from calbatch.data import frame_model_path
     from calbatch.surrogate.rollout import rollout_file
 
     folder = tmp_path_factory.mktemp("rollout")
     np.save(folder / "start.npy", particle_volume((24, 16, 16)))
-    rollout_file(shipped_model_path(), folder / "start.npy", 30.0, folder / "rollout.h5", progress=False)
+    rollout_file(frame_model_path(), folder / "start.npy", 30.0, folder / "rollout.h5", progress=False)
     return folder / "rollout.h5"
 
 

@@ -2,6 +2,10 @@
 rollouts from frame 0 on the validation series against the DEM.
 
     python3 tools/particle_model.py [--epochs N] [--out runs/particle_model] [--score-only | --export-only]
+                                    [--onnx FILE]
+
+The shipped default model is data/particle_model's best weights exported into the package:
+``--out data/particle_model --export-only --onnx python/calbatch/data/model.onnx``.
 
 The split is the frame model's (electrode 4 and four more cases held out, seven validation series
 drawn with seed 0), so the two are scored on the same series. ``--extra FOLDER`` adds a further
@@ -61,6 +65,7 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true", help="export the run in --out and score it, no training")
     ap.add_argument("--export-only", action="store_true", help="export the run in --out, no training, no scoring")
     ap.add_argument("--split", choices=("val", "test"), default="val", help="the series to score (choose on val)")
+    ap.add_argument("--onnx", type=Path, help="where the export goes (default: OUT/particle_step.onnx)")
     ap.add_argument("--extra", type=Path, action="append", default=[],
                     help="a further dataset folder whose particles/*.h5 join training only (repeatable)")
     args = ap.parse_args()
@@ -82,7 +87,7 @@ def main() -> None:
               progress=lambda row: print(json.dumps(row), file=sys.stderr, flush=True))
     s = load_particle_file(parts["val"][0])
     example = batch([sample(s, 3, np.random.default_rng(0), 0.0)])[:4]
-    model = args.out / "particle_step.onnx"
+    model = args.onnx or args.out / "particle_step.onnx"
     gap = export(args.out, opts, model, example, parts["train"])
     print(f"export: {model}, largest difference from Keras {gap:.2e}", file=sys.stderr)
     if args.export_only:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Train the shipped model on the default DEM dataset, export it into the package and evaluate it on the
+# Train the frame model on the default DEM dataset, export it into the package and evaluate it on the
 # held-out series. One command, resumable (rerun it after a stop: finished steps are skipped and the
 # training continues from its last checkpoint); about 30 min on a 2-core machine (early stopping
 # decides; the paper-style model: 15 min on one thread, then a 6-minute, 12 GB export).
 #   bash tools/train_model.sh [--paper] [--electrodes 1,2,...] [WORK_DIR]   (default WORK_DIR: runs/default_model)
-# The shipped model is `bash tools/train_model.sh`: all 56 series of the default dataset v2.
+# The shipped frame model (python/calbatch/data/frame_model.onnx; the default model is the particle step,
+# tools/particle_model.py) is `bash tools/train_model.sh`: all 56 series of the default dataset v2.
 # --electrodes trains on those electrodes' series only.
 # --paper trains the paper-style model (Model D, scaled down: docs/model.md) on the same data and split
 # instead, into runs/paper_model, for the side-by-side comparison (its ONNX file, 160 MB, is not shipped).
@@ -40,7 +41,7 @@ if [ $PAPER -eq 1 ]; then
   settings=(--model paper --filters 8 --dense 32 --horizon 1 --epochs 6 --max-windows 300 --max-val-windows 60
             --patience 3 --batch-size 2 --lr 1e-3 --seed 0)
 else
-  RUN=$WORK/run; MODEL=python/calbatch/data/model.onnx; REPORT=python/calbatch/data/model_report
+  RUN=$WORK/run; MODEL=python/calbatch/data/frame_model.onnx; REPORT=python/calbatch/data/frame_model_report
   settings=(--epochs 60 --max-windows 300 --max-val-windows 120 --horizon 3 --patience 8 --batch-size 2
             --lr 1e-3 --crop 32,32 --noise 0.01 --vol-weight 0.1 --seed 0)
 fi

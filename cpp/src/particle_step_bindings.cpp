@@ -134,7 +134,8 @@ py::tuple features(const py::list& centres, const py::list& radii, const py::lis
 py::list advance(const py::list& centres, const py::list& radii, const py::list& phases, const F64Array& boxes,
                  const F64Array& prior, const F64Array& residual, const F64Array& press_next, double max_residual,
                  double collector_wall, const F64Array& press_wall, const py::object& tolerance, int iterations,
-                 const py::object& settle, const F64Array& voxel_size, const py::object& out) {
+                 const py::object& settle, const py::object& hold, double pull_off, const F64Array& voxel_size,
+                 const py::object& out) {
     const Spheres s = gather(centres, radii, phases, boxes, 0.0, calbatch::kPhaseTable - 1);
     const int64_t nb = s.size(), n_all = s.first[nb];
     for (const F64Array* a : {&prior, &residual})
@@ -152,13 +153,22 @@ py::list advance(const py::list& centres, const py::list& radii, const py::list&
             table.shape(2) != calbatch::kPhaseTable)
             throw std::invalid_argument("tolerance must have shape (cases, 3, 3), indexed by phase code");
     }
-    F64Array settled;
-    if (!settle.is_none()) {
-        settled = settle.cast<F64Array>();
-        if (settled.ndim() != 3 || settled.shape(0) != nb || settled.shape(1) != calbatch::kPhaseTable ||
-            settled.shape(2) != calbatch::kPhaseTable)
-            throw std::invalid_argument("settle must have shape (cases, 3, 3), indexed by phase code");
-    }
+    // a per-case table (cases, 3, 3) by phase code; a case whose entries are all +inf has none
+    auto per_case = [nb](const py::object& arg, const char* name, F64Array& keep) -> std::vector<const double*> {
+        std::vector<const double*> own(nb, nullptr);
+        if (arg.is_none()) return own;
+        keep = arg.cast<F64Array>();
+        if (keep.ndim() != 3 || keep.shape(0) != nb || keep.shape(1) != calbatch::kPhaseTable ||
+            keep.shape(2) != calbatch::kPhaseTable)
+            throw std::invalid_argument(std::string(name) + " must have shape (cases, 3, 3), indexed by phase code");
+        for (int64_t b = 0; b < nb; ++b) {
+            const double* t = keep.data() + kTable * b;
+            if (std::any_of(t, t + kTable, [](double v) { return std::isfinite(v); })) own[b] = t;
+        }
+        return own;
+    };
+    F64Array settled, held;
+    const std::vector<const double*> settles = per_case(settle, "settle", settled), holds = per_case(hold, "hold", held);
     std::vector<uint8_t*> frames(nb, nullptr);
     std::vector<int64_t> shape(3 * nb, 0);
     if (!out.is_none()) {
@@ -190,12 +200,9 @@ py::list advance(const py::list& centres, const py::list& radii, const py::list&
         for (int64_t b = 0; b < nb; ++b) {
             const int64_t i0 = s.first[b];
             const double lx = s.box[2 * b], ly = s.box[2 * b + 1];
-            // a case whose settle table is all +inf (no pair type settles) skips the sweep
-            const double* own = settle.is_none() ? nullptr : settled.data() + kTable * b;
-            if (own && std::none_of(own, own + kTable, [](double v) { return std::isfinite(v); })) own = nullptr;
             const calbatch::AdvanceSettings set{max_residual, collector_wall, press_wall.data()[b],
                                                 tolerance.is_none() ? nullptr : table.data() + kTable * b, iterations,
-                                                own};
+                                                settles[b], holds[b], pull_off};
             finite[b] = calbatch::step_advance(dst[b], s.r[b].data(), s.ph[b].data(), s.n[b], lx, ly, press_next.data()[b],
                                                prior.data() + 3 * i0, residual.data() + 3 * i0, set);
             if (finite[b] && frames[b])
@@ -228,10 +235,12 @@ void bind_particle_step(py::module_& m) {
     m.def("particle_step_advance", &advance, py::arg("centres"), py::arg("radii"), py::arg("phases"),
           py::arg("boxes"), py::arg("prior"), py::arg("residual"), py::arg("press_next"), py::kw_only(),
           py::arg("max_residual"), py::arg("collector_wall"), py::arg("press_wall"), py::arg("tolerance"),
-          py::arg("iterations"), py::arg("settle") = py::none(), py::arg("voxel_size"), py::arg("out") = py::none(),
+          py::arg("iterations"), py::arg("settle") = py::none(), py::arg("hold") = py::none(),
+          py::arg("pull_off") = 0.0, py::arg("voxel_size"), py::arg("out") = py::none(),
           "Every case's next positions (cases in parallel): x + prior + the residual capped at max_residual, z"
           " clipped to [r - collector_wall, press_next - r + press_wall] (per case), then (tolerance (cases, 3, 3)"
           " not None) the overlap projection with the press at press_next + press_wall, then (settle (cases, 3, 3)"
           " not None; a case's all +inf: none) one sweep taking every pair back to its settle overlap, pushes"
-          " summed; each voxel frame written into out[b].");
+          " summed, then (hold likewise) one sweep pulling the pairs that touched before the step and have come"
+          " less than pull_off apart back to their hold overlap; each voxel frame written into out[b].");
 }

@@ -115,6 +115,8 @@ def particle_step_advance(
     tolerance: npt.NDArray[np.float64] | None,
     iterations: int,
     settle: npt.NDArray[np.float64] | None = None,
+    hold: npt.NDArray[np.float64] | None = None,
+    pull_off: float = 0.0,
     voxel_size: npt.NDArray[np.float64],
     out: list[npt.NDArray[np.uint8]] | None = None,
 ) -> list[npt.NDArray[np.float64]]: ...

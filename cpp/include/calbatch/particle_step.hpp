@@ -118,13 +118,17 @@ struct AdvanceSettings {
     const double* tolerance;            // per pair of phases (kPhaseTable^2), or null: no projection
     int iterations;                     // projection sweeps
     const double* settle;               // per pair of phases, or null: the settling sweep's overlaps
+    const double* hold;                 // per pair of phases, or null: the overlaps bonds are held at
+    double pull_off;                    // how far apart a bond's spheres may come and still be held (um)
 };
 
 // In place on x (n, 3): x + prior + the capped residual, z between the walls, then the projection
 // (its walls the collector and the press + press_wall), then one settling sweep taking every pair
-// back to its `settle` overlap, pushes summed. Returns false if a position is not finite.
+// back to its `settle` overlap, pushes summed, then one sweep holding the pairs that touched before
+// the step at their `hold` overlap. Returns false if a position is not finite.
 inline bool step_advance(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx, double ly,
                          double press_next, const double* prior, const double* residual, const AdvanceSettings& s) {
+    const std::vector<int64_t> bonds = s.hold ? bonded_pairs(x, radii, phases, n, lx, ly, s.hold) : std::vector<int64_t>{};
     for (int64_t i = 0; i < n; ++i) {
         const double* u = residual + 3 * i;
         const double size = std::sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
@@ -138,6 +142,7 @@ inline bool step_advance(double* x, const double* radii, const uint8_t* phases, 
     if (s.tolerance)
         project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.tolerance, s.iterations);
     if (s.settle) project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.settle, 1, false);
+    if (s.hold) hold_bonds(x, radii, phases, n, lx, ly, press_next + s.press_wall, bonds, s.hold, s.pull_off);
     return true;
 }
 

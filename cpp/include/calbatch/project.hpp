@@ -39,20 +39,23 @@ inline Projected overlap_excess(const double* radii, const uint8_t* phases, cons
 // mean of its pushes (Jacobi averaging, stable however many contacts it has), or with `average`
 // false by their sum (one sweep that takes every pair back to its tolerance, as a contact force
 // would). press_z <= 0: no press.
+// Every sphere between the collector (z = 0) and the press (press_z <= 0: none), x and y wrapped.
+inline void project_walls(double* x, const double* radii, int64_t n, double lx, double ly, double press_z) {
+    for (int64_t i = 0; i < n; ++i) {
+        double& z = x[3 * i + 2];
+        if (press_z > 0) z = std::min(z, press_z - radii[i]);
+        z = std::max(z, radii[i]);  // the collector wins where a sphere is taller than the gap
+        x[3 * i] -= lx * std::floor(x[3 * i] / lx);
+        x[3 * i + 1] -= ly * std::floor(x[3 * i + 1] / ly);
+    }
+}
+
 inline Projected project_overlaps(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx,
                                   double ly, double press_z, const double* tol, int iterations, bool average = true) {
     std::vector<double> push(3 * n), excess;
     std::vector<int32_t> count(n);
     Pairs pairs;
-    auto walls = [&] {
-        for (int64_t i = 0; i < n; ++i) {
-            double& z = x[3 * i + 2];
-            if (press_z > 0) z = std::min(z, press_z - radii[i]);
-            z = std::max(z, radii[i]);  // the collector wins where a sphere is taller than the gap
-            x[3 * i] -= lx * std::floor(x[3 * i] / lx);
-            x[3 * i + 1] -= ly * std::floor(x[3 * i + 1] / ly);
-        }
-    };
+    auto walls = [&] { project_walls(x, radii, n, lx, ly, press_z); };
     walls();
     for (int it = 0; it < iterations; ++it) {
         neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
@@ -79,6 +82,57 @@ inline Projected project_overlaps(double* x, const double* radii, const uint8_t*
     }
     neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
     return overlap_excess(radii, phases, tol, pairs, excess);
+}
+
+// The pairs (i, j) in contact (overlap > 0) whose `hold` entry is finite: the bonds a hold keeps.
+inline std::vector<int64_t> bonded_pairs(const double* x, const double* radii, const uint8_t* phases, int64_t n,
+                                         double lx, double ly, const double* hold) {
+    Pairs pairs;
+    neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
+    std::vector<int64_t> bonds;
+    for (size_t q = 0; q < pairs.ij.size() / 2; ++q) {
+        const int64_t i = pairs.ij[2 * q], j = pairs.ij[2 * q + 1];
+        const double* d = &pairs.delta[3 * q];
+        const double dist = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+        if (radii[i] + radii[j] - dist > 0 && std::isfinite(hold[phases[i] * kPhaseTable + phases[j]]))
+            bonds.push_back(i), bonds.push_back(j);
+    }
+    return bonds;
+}
+
+// One sweep pulling every bond (pairs i, j from bonded_pairs) whose overlap fell below its hold
+// overlap, and whose spheres are no further apart than pull_off, back to it: the lighter sphere
+// moves more, each by the mean of its pulls, the i sides summed before the j sides (as numpy's
+// add.at does); then the walls.
+inline void hold_bonds(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx, double ly,
+                       double press_z, const std::vector<int64_t>& bonds, const double* hold, double pull_off) {
+    const size_t m = bonds.size() / 2;
+    std::vector<double> pull(3 * m, 0.0), shift(3 * n, 0.0);
+    std::vector<double> si(m, 0.0), sj(m, 0.0);
+    std::vector<int32_t> count(n, 0);
+    std::vector<char> held(m, 0);
+    for (size_t q = 0; q < m; ++q) {
+        const int64_t i = bonds[2 * q], j = bonds[2 * q + 1];
+        const double d[3] = {wrap_delta(x[3 * j] - x[3 * i], lx), wrap_delta(x[3 * j + 1] - x[3 * i + 1], ly),
+                             x[3 * j + 2] - x[3 * i + 2]};
+        const double dist = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+        const double overlap = radii[i] + radii[j] - dist, target = hold[phases[i] * kPhaseTable + phases[j]];
+        if (!(dist > 0) || overlap >= target || -overlap > pull_off) continue;
+        const double wi = 1 / (radii[i] * radii[i] * radii[i]), wj = 1 / (radii[j] * radii[j] * radii[j]);
+        si[q] = (target - overlap) * wi / (wi + wj), sj[q] = (target - overlap) * wj / (wi + wj);
+        for (int a = 0; a < 3; ++a) pull[3 * q + a] = d[a] / dist;
+        held[q] = 1, ++count[i], ++count[j];
+    }
+    for (size_t q = 0; q < m; ++q)  // i moves towards j
+        if (held[q])
+            for (int a = 0; a < 3; ++a) shift[3 * bonds[2 * q] + a] += pull[3 * q + a] * si[q];
+    for (size_t q = 0; q < m; ++q)  // j towards i
+        if (held[q])
+            for (int a = 0; a < 3; ++a) shift[3 * bonds[2 * q + 1] + a] -= pull[3 * q + a] * sj[q];
+    for (int64_t i = 0; i < n; ++i)
+        if (count[i])
+            for (int a = 0; a < 3; ++a) x[3 * i + a] += shift[3 * i + a] / count[i];
+    project_walls(x, radii, n, lx, ly, press_z);
 }
 
 }  // namespace calbatch

@@ -1,5 +1,5 @@
 """Data shipped with calbatch: the example electrode (as a volume and as the DEM pack it was
-voxelized from), the default DEM dataset's plan, the example screen cases and the trained model.
+voxelized from), the default DEM dataset's plan, the example screen cases and the trained models.
 Everything a command reads by default lives here, so an installed wheel works outside a clone."""
 
 from pathlib import Path
@@ -30,5 +30,12 @@ def example_cases_path() -> Path:
 
 
 def shipped_model_path() -> Path:
-    """Where the shipped trained model lives (the file may be missing: see calbatch.screen.shipped_model)."""
+    """Where the shipped default model lives: the learned particle step, which won on the validation
+    series by the functional metrics (the file may be missing: see calbatch.screen.shipped_model)."""
     return DATA_DIR / "model.onnx"
+
+
+def frame_model_path() -> Path:
+    """The frame model (voxel frames, the phase budget's rules): selectable with --model, and the
+    fallback where a particle model cannot run (a GPU backend)."""
+    return DATA_DIR / "frame_model.onnx"

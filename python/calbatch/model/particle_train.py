@@ -25,14 +25,13 @@ import numpy as np
 from ..electrode.series import atomic_text
 from ..errors import CalbatchError
 from ..surrogate.particle_step import (
-    DETACH_PERCENT,
     EDGE_FEATURES,
     NODE_FEATURES,
     OUTPUT_SCALE_UM,
     SOFT,
-    SOFTNESS,
     TOLERANCE_UM,
     Z_SCALE_UM,
+    softness_record,
 )
 from .particle_data import batch, free_rollouts, load_particle_file, pushforward_states, rollout_score, sample, windows
 
@@ -344,7 +343,7 @@ def export(out: Path, opts: ParticleOptions, onnx_path: Path, example: tuple, se
                                   "sender": "int32 (m,)", "receiver": "int32 (m,)"}),
             "output": kind.output, "node_features": json.dumps(NODE_FEATURES), "edge_features": json.dumps(EDGE_FEATURES),
             "cutoff_um": repr(CUTOFF_UM), "tolerance_um": json.dumps(opts.tolerance),
-            "softness": json.dumps({"table": SOFTNESS, "detach_percent": DETACH_PERCENT}),
+            "softness": json.dumps(softness_record()),
             "options": json.dumps(asdict(opts))}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -25,7 +25,7 @@ from ..electrode.particles import PAIR_TYPES
 from ..electrode.schedule import PRESS_SPEED_M_S, STAGES, press_schedule
 from ..electrode.volume import CLASS_CODES, CODE_TO_CLASS, PHASES
 from ..errors import CalbatchError
-from .particle_step import CUTOFF_UM, DETACH_PERCENT, EDGE_FEATURES, NODE_FEATURES, SOFT, SOFTNESS
+from .particle_step import CUTOFF_UM, EDGE_FEATURES, NODE_FEATURES, SOFT, softness_record
 
 MODEL_FORMAT = "calbatch-model/1"
 N_PAST = 3  # frames in a network input window
@@ -203,7 +203,7 @@ class ModelFile:
                                 f"{CUTOFF_UM:g} um")
         tol = self.entry("tolerance_um")
         if tol == SOFT:  # the contacts follow the press, as the table the model was trained with
-            ours = {"table": [list(r) for r in SOFTNESS], "detach_percent": DETACH_PERCENT}
+            ours = softness_record()
             if self.entry("softness") != ours:
                 raise CalbatchError(f"{path}: model metadata 'softness' {self.meta.get('softness')} differs from "
                                     f"calbatch's {json.dumps(ours)}: train it again")

@@ -55,19 +55,25 @@ PROJECTION_SWEEPS = 16  # 4 leave a rollout's overlaps twice the DEM's; 16 hold 
 # (ms1 CD 50, ms3 CD 50, ms6 CD 47.4, ms8 CD 49.5; Gaussian bins of 2.5 %). With a fixed tolerance (the
 # DEM's at CD 30) and a 1.5 um press wall, the top spheres of a CD 30 bed (ms5) and the tenth highest of
 # a CD 50 bed (ms2) sat 1.5 um in the press, where the DEM's sink 0.1-0.4 and 0.7 um.
-# The last column is the median AM-AM overlap (of the overlapping pairs), where the press settles the
-# AM: while it presses, one sweep takes every AM-AM pair deeper than that back to it. A free rollout's
-# AM-AM overlaps otherwise pile up at the 99th percentile (at CD 48, 90th percentile 1.83 um where the
-# DEM's is 1.35): AM volume lost, and the pores too open (validation, 7 series: the worst AM volume
-# error 3.7 % -> 0.7 %, D_eff through the pores alone 31.6 % -> 21.8 %).
+# The last three columns are the median overlaps of the overlapping pairs (CBD-CBD, AM-CBD, AM-AM).
+# A free rollout's overlaps pile up at the 99th percentile (at CD 48, the AM-AM 90th percentile 1.83
+# um where the DEM's is 1.35): AM volume lost and the pores too open. So while the press presses, one
+# sweep takes every AM-AM pair deeper than its median back to it (the press settles the AM). And the
+# CBD sticks (the DEM's cohesion): a rollout's CBD drifted off the AM (AM-CBD contact area 7-15 %
+# low, pore-CBD 8-12 % high), so every step one sweep pulls the CBD pairs that touched before it,
+# and have come less than HOLD_PULL_OFF_UM apart, back to HOLD_SHARE of their median. Chosen on the
+# 7 validation series (docs/model.md): the worst AM volume error 3.7 -> 0.7 %, the contact areas
+# 9.3 -> 4.8 %, D_eff through the pores alone 31.6 -> 8.9 %.
 SOFT = "soft"
-SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03, 0.00), (5.0, 0.08, 0.18, 0.22, 0.09, 0.01),
-            (10.0, 0.15, 0.23, 0.36, 0.25, 0.03), (15.0, 0.20, 0.26, 0.44, 0.50, 0.07),
-            (20.0, 0.24, 0.30, 0.49, 0.79, 0.14), (25.0, 0.30, 0.35, 0.57, 1.01, 0.23),
-            (30.0, 0.42, 0.41, 0.64, 1.16, 0.32), (35.0, 0.61, 0.48, 0.71, 1.31, 0.43),
-            (40.0, 0.88, 0.56, 0.78, 1.48, 0.54), (45.0, 1.19, 0.64, 0.86, 1.70, 0.63),
-            (50.0, 1.46, 0.70, 0.93, 1.88, 0.69))
-NO_SETTLING = {"CBD-CBD": np.inf, "AM-CBD": np.inf, "AM-AM": np.inf}
+SOFTNESS = ((0.0, 0.04, 0.12, 0.13, 0.03, 0.01, 0.01, 0.00), (5.0, 0.08, 0.18, 0.22, 0.09, 0.02, 0.02, 0.01),
+            (10.0, 0.15, 0.23, 0.36, 0.25, 0.06, 0.05, 0.03), (15.0, 0.20, 0.26, 0.44, 0.50, 0.11, 0.12, 0.07),
+            (20.0, 0.24, 0.30, 0.49, 0.79, 0.17, 0.20, 0.14), (25.0, 0.30, 0.35, 0.57, 1.01, 0.21, 0.28, 0.23),
+            (30.0, 0.42, 0.41, 0.64, 1.16, 0.23, 0.34, 0.32), (35.0, 0.61, 0.48, 0.71, 1.31, 0.24, 0.37, 0.43),
+            (40.0, 0.88, 0.56, 0.78, 1.48, 0.25, 0.39, 0.54), (45.0, 1.19, 0.64, 0.86, 1.70, 0.28, 0.42, 0.63),
+            (50.0, 1.46, 0.70, 0.93, 1.88, 0.30, 0.45, 0.69))
+HOLD_SHARE = 0.3
+HOLD_PULL_OFF_UM = 0.3
+NO_PAIRS = {"CBD-CBD": np.inf, "AM-CBD": np.inf, "AM-AM": np.inf}  # no sweep: no pair type takes part
 # Once the press turns, the bed keeps the overlaps it had when the press left it (at CD 50 near 32 %
 # compression, where the DEM's 99th percentiles stop falling); a shallower run keeps its deepest.
 DETACH_PERCENT = 32.0
@@ -90,8 +96,8 @@ def step(cases: list[Particles], press: list[tuple[float, float, float]], stage_
     The core does the work of all cases at once, before the network and after it."""
     node, edge, snd, rcv, prior = features(cases, press, stage_next, cd)
     residual = residual_of(node, edge, snd, rcv)
-    walls, tables, settle = contacts(tolerance, press, stage_next, cd, h0)
-    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out, settle)
+    walls, tables, settle, hold = contacts(tolerance, press, stage_next, cd, h0)
+    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out, settle, hold)
 
 
 def compression(h0: float, press_next: float, stage_next: str, cd: float) -> float:
@@ -101,28 +107,37 @@ def compression(h0: float, press_next: float, stage_next: str, cd: float) -> flo
     return c if stage_next == "press" else max(c, min(cd, DETACH_PERCENT))
 
 
-def softness(c: float) -> tuple[float, dict[str, float], float]:
-    """The press wall (um a sphere may sink into the press), the projection's tolerance per pair
-    type and the AM-AM overlap the press settles the AM to, at compression ``c`` (%), interpolated in
+def softness_record() -> dict:
+    """What a model file records of the soft contacts it was chosen with (its ``softness`` entry)."""
+    return {"table": [list(r) for r in SOFTNESS], "detach_percent": DETACH_PERCENT, "hold_share": HOLD_SHARE,
+            "hold_pull_off_um": HOLD_PULL_OFF_UM}
+
+
+def softness(c: float) -> tuple[float, dict[str, float], dict[str, float]]:
+    """The press wall (um a sphere may sink into the press), the projection's tolerance (the 99th
+    percentile) and the median overlap per pair type at compression ``c`` (%), interpolated in
     :data:`SOFTNESS`."""
     at = [float(np.interp(c, _SOFT[:, 0], _SOFT[:, k])) for k in range(1, _SOFT.shape[1])]
-    return at[0], dict(zip(("CBD-CBD", "AM-CBD", "AM-AM"), at[1:4])), at[4]
+    names = ("CBD-CBD", "AM-CBD", "AM-AM")
+    return at[0], dict(zip(names, at[1:4])), dict(zip(names, at[4:7]))
 
 
-def contacts(tolerance, press, stage_next, cd, h0) -> tuple[list[float], list[dict[str, float] | None], list[dict]]:
-    """Each case's press wall, projection tolerance and settling overlaps for this step (see
-    :func:`step`; :data:`NO_SETTLING` but with soft contacts while the press presses)."""
+def contacts(tolerance, press, stage_next, cd, h0):
+    """Each case's press wall, projection tolerance, settling and holding overlaps for this step
+    (see :func:`step`): with soft contacts the AM-AM pairs settle while the press presses and the
+    CBD pairs are held; else neither (:data:`NO_PAIRS`)."""
     if tolerance != SOFT:
-        return [PRESS_WALL_UM] * len(press), [tolerance] * len(press), [NO_SETTLING] * len(press)
+        return [PRESS_WALL_UM] * len(press), [tolerance] * len(press), [NO_PAIRS] * len(press), [NO_PAIRS] * len(press)
     if h0 is None or len(h0) != len(press):
         raise CalbatchError(f"step: soft contacts need each case's uncalendered top (h0), got {h0!r}")
-    walls, tables, settle = [], [], []
+    walls, tables, settle, hold = [], [], [], []
     for h, pr, st, c in zip(h0, press, stage_next, cd):
-        wall, table, am = softness(compression(h, pr[2], st, c))
+        wall, table, median = softness(compression(h, pr[2], st, c))
         walls.append(wall)
         tables.append(table)
-        settle.append(dict(NO_SETTLING, **{"AM-AM": am}) if st == "press" else NO_SETTLING)
-    return walls, tables, settle
+        settle.append(dict(NO_PAIRS, **{"AM-AM": median["AM-AM"]}) if st == "press" else NO_PAIRS)
+        hold.append(dict(NO_PAIRS, **{k: HOLD_SHARE * median[k] for k in ("CBD-CBD", "AM-CBD")}))
+    return walls, tables, settle, hold
 
 
 def features(cases: list[Particles], press: list[tuple[float, float, float]], stage_next: list[str], cd: list[float]):
@@ -155,15 +170,16 @@ def graph(p: Particles, press_now: float, press_next: float, press_prev: float, 
 
 def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
             tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM,
-            settle: dict[str, float] = NO_SETTLING) -> Particles:
+            settle: dict[str, float] = NO_PAIRS, hold: dict[str, float] = NO_PAIRS) -> Particles:
     """The next state: prior + residual (capped at :data:`MAX_RESIDUAL_UM` a sphere), the collector
     and the press (``press_wall`` um soft) as hard walls, overlaps deeper than ``tolerance`` (um per
     pair type) pushed apart, then one sweep taking pairs deeper than ``settle`` (um per pair type)
-    back to it."""
-    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None, [settle])[0]
+    back to it, then one pulling the pairs that touched in ``p`` and overlap less than ``hold`` now
+    (no more than :data:`HOLD_PULL_OFF_UM` apart) back to it."""
+    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None, [settle], [hold])[0]
 
 
-def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle) -> list[Particles]:
+def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle, hold) -> list[Particles]:
     if out is not None:
         if len(out) != len(cases):
             raise CalbatchError(f"step: {len(out)} output frames for {len(cases)} cases")
@@ -178,6 +194,7 @@ def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle)
             press_wall=np.asarray(walls, dtype=np.float64),
             tolerance=None if tolerances[0] is None else np.stack([tolerance_table(t) for t in tolerances]),
             iterations=PROJECTION_SWEEPS, settle=np.stack([tolerance_table(t, np.inf) for t in settle]),
+            hold=np.stack([tolerance_table(t, np.inf) for t in hold]), pull_off=HOLD_PULL_OFF_UM,
             voxel_size=np.array([p.voxel_size for p in cases]), out=out)
     except ValueError as exc:
         raise _refused(cases, exc) from None
@@ -296,7 +313,7 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
 
 def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
                        tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM,
-                       settle: dict[str, float] = NO_SETTLING) -> Particles:
+                       settle: dict[str, float] = NO_PAIRS, hold: dict[str, float] = NO_PAIRS) -> Particles:
     size = np.linalg.norm(residual, axis=1, keepdims=True)
     residual = residual * np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
     centres = p.centres + prior + residual
@@ -306,7 +323,38 @@ def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, pr
         nxt, _ = project(nxt, press_next + press_wall, tolerance, PROJECTION_SWEEPS)
     if any(np.isfinite(v) for v in settle.values()):
         nxt, _ = project(nxt, press_next + press_wall, settle, 1, average=False)
+    if any(np.isfinite(v) for v in hold.values()):
+        nxt = _reference_hold(p, nxt, hold, press_next + press_wall)
     return nxt
+
+
+def _reference_hold(before: Particles, p: Particles, hold: dict[str, float], press_z: float) -> Particles:
+    table = tolerance_table(hold, np.inf)
+    ij, delta = neighbours(before, 0.0)
+    r, ph, (lx, ly) = p.radii, p.phases, p.box
+    bonded = (r[ij[:, 0]] + r[ij[:, 1]] - np.linalg.norm(delta, axis=1) > 0) & np.isfinite(table[ph[ij[:, 0]], ph[ij[:, 1]]])
+    i, j = ij[bonded, 0], ij[bonded, 1]
+    x = p.centres
+
+    def wrap(d, length):
+        return np.where(d > 0.5 * length, d - length, np.where(d < -0.5 * length, d + length, d))
+
+    d = np.stack([wrap(x[j, 0] - x[i, 0], lx), wrap(x[j, 1] - x[i, 1], ly), x[j, 2] - x[i, 2]], axis=1)
+    dist = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])
+    overlap, target = r[i] + r[j] - dist, table[ph[i], ph[j]]
+    held = (dist > 0) & (overlap < target) & (-overlap <= HOLD_PULL_OFF_UM)
+    i, j, d, dist, overlap, target = i[held], j[held], d[held], dist[held], overlap[held], target[held]
+    wi, wj = 1 / (r[i] * r[i] * r[i]), 1 / (r[j] * r[j] * r[j])
+    u = d / dist[:, None]
+    shift = np.zeros_like(x)
+    np.add.at(shift, i, u * ((target - overlap) * wi / (wi + wj))[:, None])
+    np.add.at(shift, j, -(u * ((target - overlap) * wj / (wi + wj))[:, None]))
+    count = np.bincount(i, minlength=p.n) + np.bincount(j, minlength=p.n)
+    x = x + shift / np.maximum(count, 1)[:, None]
+    x[:, 2] = np.maximum(np.minimum(x[:, 2], press_z - r), r)
+    x[:, 0] -= lx * np.floor(x[:, 0] / lx)
+    x[:, 1] -= ly * np.floor(x[:, 1] / ly)
+    return replace(p, centres=x)
 
 
 def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, tolerance, h0=None) -> list[Particles]:
@@ -315,6 +363,7 @@ def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, 
     residual = residual_of(np.concatenate([g[0] for g in graphs]), np.concatenate([g[1] for g in graphs]),
                            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
                            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32))
-    walls, tables, settle = contacts(tolerance, press, stage_next, cd, h0)
-    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w, st)
-            for p, g, a, b, pr, w, t, st in zip(cases, graphs, offsets[:-1], offsets[1:], press, walls, tables, settle)]
+    walls, tables, settle, hold = contacts(tolerance, press, stage_next, cd, h0)
+    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w, st, ho)
+            for p, g, a, b, pr, w, t, st, ho in zip(cases, graphs, offsets[:-1], offsets[1:], press, walls, tables,
+                                                   settle, hold)]

@@ -90,7 +90,10 @@ class ParticleStepper(Stepper):
         self.model_path = Path(model)
         rule_named(rule)
         if backend != "cpu":
-            raise CalbatchError(f"backend {backend!r}: a particle model runs on ONNX Runtime's CPU (backend cpu)")
+            from ..data import frame_model_path
+
+            raise CalbatchError(f"backend {backend!r}: a particle model runs on ONNX Runtime's CPU (backend cpu); "
+                                f"the GPU backends run the frame model (--model {frame_model_path()})")
         if int(batch_size) < 1:
             raise CalbatchError(f"batch_size: must be at least 1, got {batch_size}")
         self.session, self.meta = load_onnx(self.model_path, 1)
