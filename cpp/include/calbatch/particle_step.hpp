@@ -140,8 +140,8 @@ inline bool step_advance(double* x, const double* radii, const uint8_t* phases, 
     for (int64_t k = 0; k < 3 * n; ++k)
         if (!std::isfinite(x[k])) return false;
     if (s.tolerance)
-        project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.tolerance, s.iterations);
-    if (s.settle) project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.settle, 1, false);
+        project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.tolerance, s.iterations, true, false);
+    if (s.settle) project_overlaps(x, radii, phases, n, lx, ly, press_next + s.press_wall, s.settle, 1, false, false);
     if (s.hold) hold_bonds(x, radii, phases, n, lx, ly, press_next + s.press_wall, bonds, s.hold, s.pull_off);
     return true;
 }

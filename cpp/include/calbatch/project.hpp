@@ -35,10 +35,6 @@ inline Projected overlap_excess(const double* radii, const uint8_t* phases, cons
     return p;
 }
 
-// In place on x (n, 3). The heavier sphere (volume ~ r^3) moves less; each particle moves by the
-// mean of its pushes (Jacobi averaging, stable however many contacts it has), or with `average`
-// false by their sum (one sweep that takes every pair back to its tolerance, as a contact force
-// would). press_z <= 0: no press.
 // Every sphere between the collector (z = 0) and the press (press_z <= 0: none), x and y wrapped.
 inline void project_walls(double* x, const double* radii, int64_t n, double lx, double ly, double press_z) {
     for (int64_t i = 0; i < n; ++i) {
@@ -50,8 +46,14 @@ inline void project_walls(double* x, const double* radii, int64_t n, double lx, 
     }
 }
 
+// In place on x (n, 3). The heavier sphere (volume ~ r^3) moves less; each particle moves by the
+// mean of its pushes (Jacobi averaging, stable however many contacts it has), or with `average`
+// false by their sum (one sweep that takes every pair back to its tolerance, as a contact force
+// would). press_z <= 0: no press. `measure` false: the excess left is not measured (a pair search
+// less; a rollout step does not read it).
 inline Projected project_overlaps(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx,
-                                  double ly, double press_z, const double* tol, int iterations, bool average = true) {
+                                  double ly, double press_z, const double* tol, int iterations, bool average = true,
+                                  bool measure = true) {
     std::vector<double> push(3 * n), excess;
     std::vector<int32_t> count(n);
     Pairs pairs;
@@ -80,6 +82,7 @@ inline Projected project_overlaps(double* x, const double* radii, const uint8_t*
                 for (int a = 0; a < 3; ++a) x[3 * i + a] += average ? push[3 * i + a] / count[i] : push[3 * i + a];
         walls();
     }
+    if (!measure) return {};
     neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
     return overlap_excess(radii, phases, tol, pairs, excess);
 }
