@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calbatch.electrode.particles import checked
+from calbatch.electrode.particles import checked, minimum_image, neighbours
 from calbatch.errors import CalbatchError
 from calbatch.model.particle_data import load_particle_file
 from calbatch.surrogate import particle_step as ps
@@ -126,3 +126,33 @@ def test_bad_inputs_are_one_line_refusals():
         ps.graph(p, 8.6, 8.1, 9.0, "squeeze", 30.0)
     with pytest.raises(CalbatchError, match="tiny2: the pair reach"):
         ps.graph(replace(p, box=(4.0, 4.0)), 8.6, 8.1, 9.0, "press", 30.0)
+
+
+def test_the_hold_takes_its_bonds_from_the_step_graph_and_refuses_pairs_it_cannot_place():
+    """The hold's bonds are the pairs the features found touching (no second search): the core
+    refuses a hold without them and pairs that cross cases or leave batch order."""
+    from calbatch import _core
+
+    p, q = tiny(3), tiny(4)
+    _, edge, snd, rcv, _ = ps.features([p, q], [(9.0, 8.6, 8.1)] * 2, ["press"] * 2, [30.0] * 2)
+    pairs = ps.touching(edge, snd, rcv)
+    assert len(pairs) and np.all(pairs[:, 0] < pairs[:, 1])
+    i, j = pairs[pairs[:, 1] < p.n].T  # case p's: each overlaps, and every overlapping pair is one
+    d = np.linalg.norm(minimum_image(p.centres[j] - p.centres[i], p.box), axis=1)
+    assert np.all(d < p.radii[i] + p.radii[j])
+    ij, delta = neighbours(p)
+    assert len(i) == np.sum(np.linalg.norm(delta, axis=1) < p.radii[ij[:, 0]] + p.radii[ij[:, 1]])
+    hold = np.full((2, 3, 3), np.inf)
+    hold[:, 1, 1] = 0.1
+    args = dict(max_residual=2.0, collector_wall=0.2, press_wall=np.array([1.5, 1.5]), tolerance=None, iterations=0,
+                hold=hold, pull_off=0.3, voxel_size=np.array([0.4, 0.4]))
+    still = [np.zeros((p.n + q.n, 3))] * 2
+    call = ([p.centres, q.centres], [p.radii, q.radii], [p.phases, q.phases], np.array([p.box, q.box]), *still,
+            np.array([8.1, 8.1]))
+    assert len(_core.particle_step_advance(*call, contacts=pairs, **args)) == 2
+    with pytest.raises(ValueError, match="a hold needs the contacts"):
+        _core.particle_step_advance(*call, **args)
+    with pytest.raises(ValueError, match="contacts must pair the spheres of one case"):
+        _core.particle_step_advance(*call, contacts=np.array([[0, p.n]], np.int32), **args)
+    with pytest.raises(ValueError, match="contacts must pair the spheres of one case"):
+        _core.particle_step_advance(*call, contacts=pairs[::-1].copy(), **args)

@@ -163,6 +163,13 @@ def test_particle_drift_is_the_minimum_image_distance():
     d = particle_drift(pred, truth, (10.0, 10.0))
     assert d["median_um"] == [0.0, pytest.approx(1.25)] and d["final_p90_um"] == pytest.approx(2 + 0.7 * 3)
     assert d["final_median_um"] == pytest.approx(1.25)
+    # a bed slid as a whole (across the box's side) drifts by its slide, and aligned by nothing
+    slid = truth + [[4.0, -3.0, 0.0]]
+    slid[1, 1, 0] += 10.0  # across the box's side: the same place
+    slid[1, 2, 2] += 2.0  # and one particle moved on its own
+    d = particle_drift(slid, truth, (10.0, 10.0))
+    assert d["final_median_um"] == pytest.approx(5.0) and d["slide_um"] == [pytest.approx(5.0)] * 2
+    assert d["aligned_median_um"] == [0.0, 0.0] and d["final_aligned_p90_um"] == pytest.approx(0.7 * 2)
 
 
 def test_evaluate_reports_the_drift_beside_the_twin(tmp_path, series20):

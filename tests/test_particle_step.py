@@ -165,3 +165,19 @@ def test_the_contacts_soften_as_the_press_goes_down():
     assert compression(40.0, 36.0, "release", 50.0) == DETACH_PERCENT
     assert compression(40.0, 36.0, "release", 20.0) == 20.0
     assert compression(40.0, 24.0, "release", 50.0) == 40.0  # lifting, but still on the bed
+
+
+def test_a_centred_series_keeps_every_pair_and_loses_only_the_slide():
+    from calbatch.model.particle_data import centre, load_particle_file
+
+    s = load_particle_file(PARTICLES / "ms8_cd37.h5")  # its bed slides 2.8 um in one frame of the release
+    c = centre(s["pos"], s["p"].box)
+    steps = minimum_image(np.diff(s["pos"], axis=0), s["p"].box)[..., :2].mean(axis=1)
+    assert np.linalg.norm(steps, axis=1).max() > 2.5
+    assert np.abs(minimum_image(np.diff(c, axis=0), s["p"].box)[..., :2].mean(axis=1)).max() < 1e-9
+    assert np.all((c[..., :2] >= 0) & (c[..., :2] < np.asarray(s["p"].box)))
+    ij, _ = neighbours(s["p"], 0.5)
+    for t in (0, len(c) - 1):  # the same electrode: every pair's offset kept
+        before = minimum_image(s["pos"][t][ij[:, 1]] - s["pos"][t][ij[:, 0]], s["p"].box)
+        assert np.allclose(minimum_image(c[t][ij[:, 1]] - c[t][ij[:, 0]], s["p"].box), before, atol=1e-9)
+    assert np.array_equal(load_particle_file(PARTICLES / "ms8_cd37.h5", centred=True)["pos"], c)

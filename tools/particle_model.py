@@ -61,7 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs/particle_model")
     for f in fields(ParticleOptions):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     ap.add_argument("--score-only", action="store_true", help="export the run in --out and score it, no training")
     ap.add_argument("--export-only", action="store_true", help="export the run in --out, no training, no scoring")
     ap.add_argument("--split", choices=("val", "test"), default="val", help="the series to score (choose on val)")

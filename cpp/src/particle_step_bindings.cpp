@@ -134,8 +134,8 @@ py::tuple features(const py::list& centres, const py::list& radii, const py::lis
 py::list advance(const py::list& centres, const py::list& radii, const py::list& phases, const F64Array& boxes,
                  const F64Array& prior, const F64Array& residual, const F64Array& press_next, double max_residual,
                  double collector_wall, const F64Array& press_wall, const py::object& tolerance, int iterations,
-                 const py::object& settle, const py::object& hold, double pull_off, const F64Array& voxel_size,
-                 const py::object& out) {
+                 const py::object& settle, const py::object& hold, double pull_off, const py::object& contacts,
+                 const F64Array& voxel_size, const py::object& out) {
     const Spheres s = gather(centres, radii, phases, boxes, 0.0, calbatch::kPhaseTable - 1);
     const int64_t nb = s.size(), n_all = s.first[nb];
     for (const F64Array* a : {&prior, &residual})
@@ -169,6 +169,26 @@ py::list advance(const py::list& centres, const py::list& radii, const py::list&
     };
     F64Array settled, held;
     const std::vector<const double*> settles = per_case(settle, "settle", settled), holds = per_case(hold, "hold", held);
+    // the pairs in contact before the step (joined, the features' numbering), split by case: a hold's bonds
+    std::vector<int64_t> from(nb + 1, 0);
+    py::array_t<int32_t, py::array::c_style | py::array::forcecast> touching;
+    if (!contacts.is_none()) {
+        touching = contacts.cast<py::array_t<int32_t, py::array::c_style | py::array::forcecast>>();
+        if (touching.ndim() != 2 || touching.shape(1) != 2) throw std::invalid_argument("contacts must have shape (m, 2)");
+        const int32_t* c = touching.data();
+        const int64_t m = touching.shape(0);
+        int64_t b = 0;
+        for (int64_t q = 0; q < m; ++q) {
+            while (b < nb && c[2 * q] >= s.first[b + 1]) from[++b] = q;
+            if (b == nb || c[2 * q] < s.first[b] || c[2 * q + 1] < s.first[b] || c[2 * q + 1] >= s.first[b + 1])
+                throw std::invalid_argument("contacts must pair the spheres of one case, the cases in batch order");
+        }
+        while (b < nb) from[++b] = m;
+    }
+    for (int64_t b = 0; b < nb; ++b)
+        if (holds[b] && contacts.is_none())
+            throw std::invalid_argument("case " + std::to_string(b) + ": a hold needs the contacts before the step");
+    const int32_t* touch = contacts.is_none() ? nullptr : touching.data();
     std::vector<uint8_t*> frames(nb, nullptr);
     std::vector<int64_t> shape(3 * nb, 0);
     if (!out.is_none()) {
@@ -204,7 +224,9 @@ py::list advance(const py::list& centres, const py::list& radii, const py::list&
                                                 tolerance.is_none() ? nullptr : table.data() + kTable * b, iterations,
                                                 settles[b], holds[b], pull_off};
             finite[b] = calbatch::step_advance(dst[b], s.r[b].data(), s.ph[b].data(), s.n[b], lx, ly, press_next.data()[b],
-                                               prior.data() + 3 * i0, residual.data() + 3 * i0, set);
+                                               prior.data() + 3 * i0, residual.data() + 3 * i0, set,
+                                               touch ? touch + 2 * from[b] : nullptr, size_t(from[b + 1] - from[b]),
+                                               int32_t(i0));
             if (finite[b] && frames[b])
                 calbatch::voxelize_spheres(dst[b], s.r[b].data(), s.ph[b].data(), s.n[b], lx, ly, 0.0,
                                            voxel_size.data()[b], frames[b], shape[3 * b], shape[3 * b + 1],
@@ -236,11 +258,12 @@ void bind_particle_step(py::module_& m) {
           py::arg("boxes"), py::arg("prior"), py::arg("residual"), py::arg("press_next"), py::kw_only(),
           py::arg("max_residual"), py::arg("collector_wall"), py::arg("press_wall"), py::arg("tolerance"),
           py::arg("iterations"), py::arg("settle") = py::none(), py::arg("hold") = py::none(),
-          py::arg("pull_off") = 0.0, py::arg("voxel_size"), py::arg("out") = py::none(),
+          py::arg("pull_off") = 0.0, py::arg("contacts") = py::none(), py::arg("voxel_size"), py::arg("out") = py::none(),
           "Every case's next positions (cases in parallel): x + prior + the residual capped at max_residual, z"
           " clipped to [r - collector_wall, press_next - r + press_wall] (per case), then (tolerance (cases, 3, 3)"
           " not None) the overlap projection with the press at press_next + press_wall, then (settle (cases, 3, 3)"
           " not None; a case's all +inf: none) one sweep taking every pair back to its settle overlap, pushes"
-          " summed, then (hold likewise) one sweep pulling the pairs that touched before the step and have come"
-          " less than pull_off apart back to their hold overlap; each voxel frame written into out[b].");
+          " summed, then (hold likewise) one sweep pulling the pairs that touched before the step (contacts (m, 2)"
+          " int32: the features' pairs in contact, numbered across the batch) and have come less than pull_off"
+          " apart back to their hold overlap; each voxel frame written into out[b].");
 }

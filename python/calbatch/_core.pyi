@@ -117,6 +117,7 @@ def particle_step_advance(
     settle: npt.NDArray[np.float64] | None = None,
     hold: npt.NDArray[np.float64] | None = None,
     pull_off: float = 0.0,
+    contacts: npt.NDArray[np.int32] | None = None,
     voxel_size: npt.NDArray[np.float64],
     out: list[npt.NDArray[np.uint8]] | None = None,
 ) -> list[npt.NDArray[np.float64]]: ...

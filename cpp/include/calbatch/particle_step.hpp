@@ -125,10 +125,16 @@ struct AdvanceSettings {
 // In place on x (n, 3): x + prior + the capped residual, z between the walls, then the projection
 // (its walls the collector and the press + press_wall), then one settling sweep taking every pair
 // back to its `settle` overlap, pushes summed, then one sweep holding the pairs that touched before
-// the step at their `hold` overlap. Returns false if a position is not finite.
+// the step (`contacts`: m pairs i, j numbered from `first`, as the step's features found them) at
+// their `hold` overlap. Returns false if a position is not finite.
 inline bool step_advance(double* x, const double* radii, const uint8_t* phases, int64_t n, double lx, double ly,
-                         double press_next, const double* prior, const double* residual, const AdvanceSettings& s) {
-    const std::vector<int64_t> bonds = s.hold ? bonded_pairs(x, radii, phases, n, lx, ly, s.hold) : std::vector<int64_t>{};
+                         double press_next, const double* prior, const double* residual, const AdvanceSettings& s,
+                         const int32_t* contacts = nullptr, size_t m = 0, int32_t first = 0) {
+    std::vector<int64_t> bonds;
+    for (size_t q = 0; s.hold && q < m; ++q) {
+        const int64_t i = contacts[2 * q] - first, j = contacts[2 * q + 1] - first;
+        if (std::isfinite(s.hold[phases[i] * kPhaseTable + phases[j]])) bonds.push_back(i), bonds.push_back(j);
+    }
     for (int64_t i = 0; i < n; ++i) {
         const double* u = residual + 3 * i;
         const double size = std::sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);

@@ -87,23 +87,7 @@ inline Projected project_overlaps(double* x, const double* radii, const uint8_t*
     return overlap_excess(radii, phases, tol, pairs, excess);
 }
 
-// The pairs (i, j) in contact (overlap > 0) whose `hold` entry is finite: the bonds a hold keeps.
-inline std::vector<int64_t> bonded_pairs(const double* x, const double* radii, const uint8_t* phases, int64_t n,
-                                         double lx, double ly, const double* hold) {
-    Pairs pairs;
-    neighbour_pairs(x, radii, n, lx, ly, 0.0, pairs);
-    std::vector<int64_t> bonds;
-    for (size_t q = 0; q < pairs.ij.size() / 2; ++q) {
-        const int64_t i = pairs.ij[2 * q], j = pairs.ij[2 * q + 1];
-        const double* d = &pairs.delta[3 * q];
-        const double dist = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
-        if (radii[i] + radii[j] - dist > 0 && std::isfinite(hold[phases[i] * kPhaseTable + phases[j]]))
-            bonds.push_back(i), bonds.push_back(j);
-    }
-    return bonds;
-}
-
-// One sweep pulling every bond (pairs i, j from bonded_pairs) whose overlap fell below its hold
+// One sweep pulling every bond (pairs i, j that touched before the step) whose overlap fell below its hold
 // overlap, and whose spheres are no further apart than pull_off, back to it: the lighter sphere
 // moves more, each by the mean of its pulls, the i sides summed before the j sides (as numpy's
 // add.at does); then the walls.

@@ -136,7 +136,9 @@ def _evaluate_table(r: dict) -> str:
                  "thick: mean |final thickness error| in voxels)")
     if r.get("particle_drift"):
         lines.append("particle drift from the DEM, final frame (mean over series): "
-                     + "; ".join(f"{name} median {d['final_median_um']:.2f} um, p90 {d['final_p90_um']:.2f} um"
+                     + "; ".join(f"{name} median {d['final_median_um']:.2f} um, p90 {d['final_p90_um']:.2f} um "
+                                 f"({d['final_aligned_median_um']:.2f} and {d['final_aligned_p90_um']:.2f} um with the "
+                                 f"bed's slide of {d['final_slide_um']:.2f} um taken out)"
                                  for name, d in r["particle_drift"].items()))
     lines.append(f"{'series':<28} {'CD':>4} {'R2 free':>7} {'porosity':>8} {'D_eff':>6}  flag  "
                  "(free rollout from frame 0; relative errors of the final frame)")

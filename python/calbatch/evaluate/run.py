@@ -225,13 +225,13 @@ def summarize(reports: list[dict]) -> dict:
 
 def drift_summary(reports: list[dict]) -> dict:
     """Per pass of the particle view, over the series: the mean final median and 90th percentile
-    drift (um); empty for a frame model."""
+    drift (um), the same with the bed's rigid slide taken out, and the slide; empty for a frame model."""
     drifts: dict[str, list] = {}
     for r in reports:
         for name, d in r.get("particles", {}).items():
             drifts.setdefault(name, []).append(d)
-    return {name: {"series": len(v), "final_median_um": float(np.mean([d["final_median_um"] for d in v])),
-                   "final_p90_um": float(np.mean([d["final_p90_um"] for d in v]))} for name, v in drifts.items()}
+    keys = ("final_median_um", "final_p90_um", "final_aligned_median_um", "final_aligned_p90_um", "final_slide_um")
+    return {name: {"series": len(v), **{k: float(np.mean([d[k] for d in v])) for k in keys}} for name, v in drifts.items()}
 
 
 def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: int | None = None, fick: bool = True,

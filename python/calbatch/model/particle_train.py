@@ -60,6 +60,7 @@ class ParticleOptions:
     pair_weight: float = 0.0  # weight of the loss on every pair's relative move (what sets the overlaps)
     slab_weight: float = 0.0  # weight of the loss on the mean move of each slab of a case (what the voxels show)
     ema: float = 0.0  # decay of the weights' moving average, which is what is scored and kept (0: none)
+    centred: bool = False  # the DEM's frames with the bed's rigid slide in x and y taken out (particle_data.centre)
 
     @property
     def tolerance(self) -> dict[str, float] | str:
@@ -122,8 +123,8 @@ def train(train_files: list[Path], val_files: list[Path], out: Path, opts: Parti
 
     out.mkdir(parents=True, exist_ok=True)
     tf.keras.utils.set_random_seed(opts.seed)
-    train_series = [load_particle_file(f) for f in train_files]
-    val_series = [load_particle_file(f) for f in val_files]
+    train_series = [load_particle_file(f, opts.centred) for f in train_files]
+    val_series = [load_particle_file(f, opts.centred) for f in val_files]
     tr, va = windows(train_series), windows(val_series)
     if not tr or not va:
         raise CalbatchError("particle training: need at least one training and one validation series")

@@ -97,7 +97,15 @@ def step(cases: list[Particles], press: list[tuple[float, float, float]], stage_
     node, edge, snd, rcv, prior = features(cases, press, stage_next, cd)
     residual = residual_of(node, edge, snd, rcv)
     walls, tables, settle, hold = contacts(tolerance, press, stage_next, cd, h0)
-    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out, settle, hold)
+    return _advance(cases, prior, residual, [pr[2] for pr in press], walls, tables, out, settle, hold,
+                    touching(edge, snd, rcv))
+
+
+def touching(edge: np.ndarray, snd: np.ndarray, rcv: np.ndarray) -> np.ndarray:
+    """The pairs (i < j) of a step's graph whose spheres overlap, as its edges show them (m, 2)
+    int32: the bonds a hold keeps, found without a second pair search."""
+    k = (snd < rcv) & (edge[:, EDGE_FEATURES.index("overlap/0.2")] > 0)
+    return np.stack([snd[k], rcv[k]], axis=1)
 
 
 def compression(h0: float, press_next: float, stage_next: str, cd: float) -> float:
@@ -176,10 +184,13 @@ def advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: f
     pair type) pushed apart, then one sweep taking pairs deeper than ``settle`` (um per pair type)
     back to it, then one pulling the pairs that touched in ``p`` and overlap less than ``hold`` now
     (no more than :data:`HOLD_PULL_OFF_UM` apart) back to it."""
-    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None, [settle], [hold])[0]
+    pairs = None
+    if any(np.isfinite(v) for v in hold.values()):
+        pairs = touching(*graph(p, 0.0, 0.0, 0.0, "relax", 0.0)[1:4])  # its edges: the press does not enter them
+    return _advance([p], prior, residual, [press_next], [press_wall], [tolerance], None, [settle], [hold], pairs)[0]
 
 
-def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle, hold) -> list[Particles]:
+def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle, hold, pairs) -> list[Particles]:
     if out is not None:
         if len(out) != len(cases):
             raise CalbatchError(f"step: {len(out)} output frames for {len(cases)} cases")
@@ -194,7 +205,7 @@ def _advance(cases, prior, residual, press_next, walls, tolerances, out, settle,
             press_wall=np.asarray(walls, dtype=np.float64),
             tolerance=None if tolerances[0] is None else np.stack([tolerance_table(t) for t in tolerances]),
             iterations=PROJECTION_SWEEPS, settle=np.stack([tolerance_table(t, np.inf) for t in settle]),
-            hold=np.stack([tolerance_table(t, np.inf) for t in hold]), pull_off=HOLD_PULL_OFF_UM,
+            hold=np.stack([tolerance_table(t, np.inf) for t in hold]), pull_off=HOLD_PULL_OFF_UM, contacts=pairs,
             voxel_size=np.array([p.voxel_size for p in cases]), out=out)
     except ValueError as exc:
         raise _refused(cases, exc) from None
@@ -313,7 +324,8 @@ def _reference_graph(p: Particles, press_now: float, press_next: float, press_pr
 
 def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, press_next: float,
                        tolerance: dict[str, float] | None, press_wall: float = PRESS_WALL_UM,
-                       settle: dict[str, float] = NO_PAIRS, hold: dict[str, float] = NO_PAIRS) -> Particles:
+                       settle: dict[str, float] = NO_PAIRS, hold: dict[str, float] = NO_PAIRS,
+                       pairs: np.ndarray | None = None) -> Particles:
     size = np.linalg.norm(residual, axis=1, keepdims=True)
     residual = residual * np.minimum(1.0, MAX_RESIDUAL_UM / np.maximum(size, 1e-12))
     centres = p.centres + prior + residual
@@ -324,15 +336,16 @@ def _reference_advance(p: Particles, prior: np.ndarray, residual: np.ndarray, pr
     if any(np.isfinite(v) for v in settle.values()):
         nxt, _ = project(nxt, press_next + press_wall, settle, 1, average=False)
     if any(np.isfinite(v) for v in hold.values()):
-        nxt = _reference_hold(p, nxt, hold, press_next + press_wall)
+        if pairs is None:
+            pairs = touching(*_reference_graph(p, 0.0, 0.0, 0.0, "relax", 0.0)[1:4])
+        nxt = _reference_hold(pairs, nxt, hold, press_next + press_wall)
     return nxt
 
 
-def _reference_hold(before: Particles, p: Particles, hold: dict[str, float], press_z: float) -> Particles:
+def _reference_hold(ij: np.ndarray, p: Particles, hold: dict[str, float], press_z: float) -> Particles:
     table = tolerance_table(hold, np.inf)
-    ij, delta = neighbours(before, 0.0)
     r, ph, (lx, ly) = p.radii, p.phases, p.box
-    bonded = (r[ij[:, 0]] + r[ij[:, 1]] - np.linalg.norm(delta, axis=1) > 0) & np.isfinite(table[ph[ij[:, 0]], ph[ij[:, 1]]])
+    bonded = np.isfinite(table[ph[ij[:, 0]], ph[ij[:, 1]]])
     i, j = ij[bonded, 0], ij[bonded, 1]
     x = p.centres
 
@@ -364,6 +377,6 @@ def _reference_step(cases: list[Particles], press, stage_next, cd, residual_of, 
                            np.concatenate([g[2] + o for g, o in zip(graphs, offsets)]).astype(np.int32),
                            np.concatenate([g[3] + o for g, o in zip(graphs, offsets)]).astype(np.int32))
     walls, tables, settle, hold = contacts(tolerance, press, stage_next, cd, h0)
-    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w, st, ho)
+    return [_reference_advance(p, g[4], residual[a:b], pr[2], t, w, st, ho, touching(*g[1:4]))
             for p, g, a, b, pr, w, t, st, ho in zip(cases, graphs, offsets[:-1], offsets[1:], press, walls, tables,
                                                    settle, hold)]
