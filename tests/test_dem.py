@@ -57,6 +57,22 @@ def test_a_bed_still_falling_is_refused_not_packed(tmp_path, monkeypatch):
     assert not (tmp_path / "pack.h5").exists()
 
 
+def test_a_bed_that_stopped_with_a_sphere_still_rattling_is_packed(tmp_path, monkeypatch):
+    """A bed whose particles never all slow below the settle speed (here: a speed none reaches) is
+    settled when its mean height stopped falling; the quench then stills it."""
+    from calbatch.dem.settings import PACK
+
+    monkeypatch.setitem(PACK, "settle_speed_um_us", 0.0)
+    monkeypatch.setitem(PACK, "max_fall_us", PACK["fall_us"] + 2 * PACK["settle_chunk_us"])
+    out = tmp_path / "pack.h5"
+    dem.pack(out, seed=3, n_am=12, box_xy=3.2, size_scale=0.3, voxel_size=0.2, nz=48)
+    log = (tmp_path / "pack.liggghts" / "log.liggghts").read_text()
+    moving, sank = log.split("calbatch settled: ")[-1].split()[0], float(log.split("sank: ")[-1].split()[0])
+    assert moving == "1" and abs(sank) < PACK["settle_sink_um"]
+    bottoms = dem.read_pack(out)["positions"][:, 2] - dem.read_pack(out)["radii"]
+    assert -0.05 < bottoms.min() < 0.05
+
+
 def test_mass_ratio_gives_the_cbd_volume_fraction(tiny):
     attrs = dem.read_pack(tiny["pack"])["attrs"]
     # 96:4 by weight with a CBD of density 1.86 x (1 - 0.5) = 0.93 g/cm3: 17.2 % of the solid volume

@@ -4,6 +4,7 @@ collector, voxelized and written as a pack file. Entry point: :func:`pack`."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -127,9 +128,11 @@ def pack(out: Path, seed: int = 1, microstructure_id: int = 1, n_am: int = DEFAU
     start = time.perf_counter()
     log = run_liggghts(run_dir, script, nprocs)
     wall = time.perf_counter() - start
-    if "calbatch settled: 0" not in log.read_text(errors="replace"):
-        raise CalbatchError(f"the bed did not settle within {PACK['max_fall_us']:g} us (a particle still moves "
-                            f"faster than {PACK['settle_speed_um_us']:g} um/us); see {log}")
+    settled = re.search(r"calbatch settled: (\d) sank: (\S+)", log.read_text(errors="replace"))
+    if not settled or (settled[1] != "0" and not float(settled[2]) < PACK["settle_sink_um"]):
+        raise CalbatchError(f"the bed did not settle within {PACK['max_fall_us']:g} us (a particle still moves faster "
+                            f"than {PACK['settle_speed_um_us']:g} um/us and the bed's mean height still fell "
+                            f"{settled[2] if settled else '?'} um in its last {PACK['settle_chunk_us']:g} us); see {log}")
     positions, radii, phases = read_data_file(run_dir / "packed.data")
     top = float(np.max(positions[:, 2] + radii))
     shape = grid_shape((box_xy, box_xy), voxel_size, nz, top, 2 * radii.max())
