@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,18 @@ def test_evaluate_reports_the_drift_beside_the_twin(tmp_path, series20):
         assert rep["particles"]["free_from_frame0"]["median_um"][t] == pytest.approx(np.median(dist), abs=1e-6)
         assert rep["particles"]["free_from_frame0"]["p90_um"][t] == pytest.approx(np.percentile(dist, 90), abs=1e-6)
     assert rep["particles"]["twin"]["final_median_um"] == 0 and rep["particles"]["free_from_frame0"]["median_um"][0] == 0
+    # R2 with the slide taken out: the frame rendered from the particles moved back by their mean offset
+    assert rep["particles"]["twin"]["aligned_r2"] == [1.0] * (len(dem["frames"]) - 1)
+    from calbatch.electrode.metrics import compare
+    from calbatch.electrode.particles import particles_of
+
+    t = len(dem["frames"]) - 1
+    moved = case.positions[t].astype(float)
+    d = moved - dem["positions"][t]
+    d[:, :2] -= box * np.round(d[:, :2] / box)
+    moved[:, :2] -= d[:, :2].mean(axis=0)
+    back = replace(particles_of(series20), centres=moved).voxelize(dem["frames"].shape[1])
+    assert rep["particles"]["free_from_frame0"]["aligned_r2"][-1] == pytest.approx(compare(dem["frames"][t], back)["r2"])
     assert r["particle_drift"]["free_from_frame0"]["final_median_um"] == rep["particles"]["free_from_frame0"]["final_median_um"]
     assert "particle drift from the DEM" in run_cli("evaluate", MODEL, series20, "--no-fick", "--quiet").stdout
 

@@ -138,7 +138,8 @@ def _evaluate_table(r: dict) -> str:
         lines.append("particle drift from the DEM, final frame (mean over series): "
                      + "; ".join(f"{name} median {d['final_median_um']:.2f} um, p90 {d['final_p90_um']:.2f} um "
                                  f"({d['final_aligned_median_um']:.2f} and {d['final_aligned_p90_um']:.2f} um with the "
-                                 f"bed's slide of {d['final_slide_um']:.2f} um taken out)"
+                                 f"bed's slide of {d['final_slide_um']:.2f} um taken out, R2 per frame then "
+                                 f"{d['aligned_r2_mean']:.3f} / {d['aligned_r2_worst']:.3f})"
                                  for name, d in r["particle_drift"].items()))
     lines.append(f"{'series':<28} {'CD':>4} {'R2 free':>7} {'porosity':>8} {'D_eff':>6}  flag  "
                  "(free rollout from frame 0; relative errors of the final frame)")

@@ -139,11 +139,11 @@ def _predictions(stepper: Stepper, case: _Case) -> tuple[dict, dict, bool, dict 
         preds["twin"] = (case.twin["frames"], 1)
     drift = None
     if case.particles is not None:
-        box, dem = case.particles.particles.box, case.s["positions"]
-        drift = {"free_from_frame0": particle_drift(free1.positions, dem, box),
-                 "free_from_3_frames": particle_drift(free3.positions, dem, box)}
+        p, dem = case.particles.particles, case.s["positions"]
+        drift = {"free_from_frame0": particle_drift(free1.positions, dem, p.box, p, frames),
+                 "free_from_3_frames": particle_drift(free3.positions, dem, p.box, p, frames)}
         if case.twin is not None:
-            drift["twin"] = particle_drift(case.twin["positions"], dem, box)
+            drift["twin"] = particle_drift(case.twin["positions"], dem, p.box, p, frames)
     return preds, timing, free1.extrapolated, drift
 
 
@@ -225,13 +225,16 @@ def summarize(reports: list[dict]) -> dict:
 
 def drift_summary(reports: list[dict]) -> dict:
     """Per pass of the particle view, over the series: the mean final median and 90th percentile
-    drift (um), the same with the bed's rigid slide taken out, and the slide; empty for a frame model."""
+    drift (um), the same with the bed's rigid slide taken out, the slide, and R2 per frame with the
+    slide taken out (mean, and the worst frame of any series); empty for a frame model."""
     drifts: dict[str, list] = {}
     for r in reports:
         for name, d in r.get("particles", {}).items():
             drifts.setdefault(name, []).append(d)
-    keys = ("final_median_um", "final_p90_um", "final_aligned_median_um", "final_aligned_p90_um", "final_slide_um")
-    return {name: {"series": len(v), **{k: float(np.mean([d[k] for d in v])) for k in keys}} for name, v in drifts.items()}
+    keys = ("final_median_um", "final_p90_um", "final_aligned_median_um", "final_aligned_p90_um", "final_slide_um",
+            "aligned_r2_mean")
+    return {name: {"series": len(v), **{k: float(np.mean([d[k] for d in v])) for k in keys},
+                   "aligned_r2_worst": float(np.min([d["aligned_r2_worst"] for d in v]))} for name, v in drifts.items()}
 
 
 def evaluate(model: Path, series, twins=(), rule: str = DEFAULT_RULE, threads: int | None = None, fick: bool = True,

@@ -8,6 +8,8 @@ lies from its DEM position, frame by frame (:func:`particle_drift`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..electrode.metrics import compare, measure
@@ -110,14 +112,17 @@ def final_scores(state: dict, dem: dict) -> dict:
     return out
 
 
-def particle_drift(pred: np.ndarray, truth: np.ndarray, box) -> dict:
+def particle_drift(pred: np.ndarray, truth: np.ndarray, box, particles=None, frames: np.ndarray | None = None) -> dict:
     """Per frame the median and 90th percentile (um) of every particle's distance from its DEM
     position (``pred``, ``truth`` (frames, n, 3) in the same particle order; minimum image in x
     and y, periodic with ``box`` (x, y) um), and the final frame's; then the same with the bed's
     rigid slide taken out (``aligned_*``: every particle's offset less the mean offset in x and
     y, whose length is ``slide_um``). The periodic box has no origin: a bed slid as a whole is the
-    same electrode, and the DEM's beds slide by up to 4 um in a frame when the press lets go."""
-    d = minimum_image(np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64), box)
+    same electrode, and the DEM's beds slide by up to 4 um in a frame when the press lets go.
+    With ``particles`` (their radii and phases) and the DEM's ``frames``, also ``aligned_r2``: R2
+    per frame (from frame 1) of the frames rendered from ``pred`` moved back by its slide."""
+    pred = np.asarray(pred, dtype=np.float64)
+    d = minimum_image(pred - np.asarray(truth, dtype=np.float64), box)
     slide = d[..., :2].mean(axis=-2)
     aligned = d.copy()
     aligned[..., :2] -= slide[..., None, :]
@@ -128,4 +133,11 @@ def particle_drift(pred: np.ndarray, truth: np.ndarray, box) -> dict:
         out.update({f"{prefix}median_um": median.tolist(), f"{prefix}p90_um": p90.tolist(),
                     f"final_{prefix}median_um": float(median[-1]), f"final_{prefix}p90_um": float(p90[-1])})
     length = np.linalg.norm(slide, axis=-1)
-    return {**out, "slide_um": length.tolist(), "final_slide_um": float(length[-1])}
+    out.update({"slide_um": length.tolist(), "final_slide_um": float(length[-1])})
+    if particles is not None and frames is not None:
+        back = pred.copy()
+        back[..., :2] -= slide[:, None, :]
+        r2 = [compare(frames[t], replace(particles, centres=back[t]).voxelize(frames.shape[1]))["r2"]
+              for t in range(1, len(frames))]
+        out.update({"aligned_r2": r2, "aligned_r2_mean": float(np.mean(r2)), "aligned_r2_worst": float(np.min(r2))})
+    return out
