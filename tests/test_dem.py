@@ -69,7 +69,8 @@ def test_a_bed_that_stopped_with_a_sphere_still_rattling_is_packed(tmp_path, mon
     log = (tmp_path / "pack.liggghts" / "log.liggghts").read_text()
     moving, sank = log.split("calbatch settled: ")[-1].split()[0], float(log.split("sank: ")[-1].split()[0])
     assert moving == "1" and abs(sank) < PACK["settle_sink_um"]
-    bottoms = dem.read_pack(out)["positions"][:, 2] - dem.read_pack(out)["radii"]
+    packed = dem.read_pack(out)
+    bottoms = packed["positions"][:, 2] - packed["radii"]
     assert -0.05 < bottoms.min() < 0.05
 
 
